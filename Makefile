@@ -1,0 +1,52 @@
+# Two commands for a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration lint bench up down deps system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,embedded]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# Redis, Prometheus (promtool) and kcat from Debian's packages, installed when missing.
+system-deps:
+	@deploy/system-deps.sh
+
+demo: deps
+	$(VENV)/bin/attribution demo
+
+test: deps system-deps
+	deploy/kafka/kafka.sh fetch
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: deps
+	$(VENV)/bin/pytest -q tests/unit
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+bench: deps system-deps
+	deploy/kafka/kafka.sh fetch
+	$(PY) -m bench.run
+
+# A local Kafka broker, Redis and Prometheus for a developer (state under .run/).
+up: deps system-deps
+	deploy/kafka/kafka.sh start
+	deploy/redis/redis.sh start
+	deploy/prometheus/prometheus.sh start
+
+down:
+	-deploy/prometheus/prometheus.sh stop
+	-deploy/redis/redis.sh stop
+	-deploy/kafka/kafka.sh stop
+
+clean: down
+	rm -rf .run

@@ -1,0 +1,361 @@
+"""Journeys: per tracking ID, remember touchpoints, drop repeats, attribute conversions after the grace.
+
+Thin wiring over `streams.journeys` (state and dedup), `streams.attribution` (credits) and
+`streams.windows` (partial sums). Each table key is written once per batch. Conversions wait
+`ATTRIBUTION_GRACE` of wall-clock time in an in-memory queue (rebuilt from the table after
+recovery), so a touchpoint with an earlier `ts` that arrives just after its conversion counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import orjson
+
+from streams.app import Wiring
+from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
+from streams.config import MODELS
+from streams.events import Lead, Order, Spend, Touch, from_row
+from streams.journeys import Admission, Journey, event_ids, seq_of
+from streams.windows import (
+    CLICKS,
+    GROSS_PROFIT,
+    IMPRESSIONS,
+    LEADS,
+    NEW_CUSTOMERS,
+    ORDERS,
+    REVENUE,
+    SPEND,
+    Partial,
+    is_closed,
+    parse_partial_key,
+    partial_key,
+    window_start,
+)
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.02
+DUE_INTERVAL_S = 0.1
+SNAPSHOT_INTERVAL_S = 0.25
+SWEEP_INTERVAL_S = 30.0
+TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
+
+
+class JourneyStage:
+    """The agent's working state: watermarks, the due queue and the partials to snapshot."""
+
+    def __init__(self, w: Wiring) -> None:
+        self.w = w
+        s = w.settings
+        self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
+        self.touch_horizon_ms = s.longest_lookback_ms + s.allowed_lateness_ms
+        self.watermarks: dict[int, int] = defaultdict(int)  # journey partition -> max event ts seen
+        self.due: deque[tuple[float, int, str, int]] = deque()  # (due monotonic s, partition, key, seq)
+        self.queued: set[tuple[str, int]] = set()
+        self.dirty_partials: set[str] = set()
+        self.store_down_since: float | None = None
+        m = w.metrics
+        self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in m_outcomes()}
+
+    # -- batches of journey events -------------------------------------------------------------
+    def absorb_batch(self, batch: list[Any]) -> None:
+        journeys: dict[str, Journey] = {}
+        partials: dict[str, Partial] = {}
+        now_ms = time.time() * 1000
+        for event in batch:
+            partition, offset = event.message.partition, event.message.offset
+            for position, (key, row) in enumerate(orjson.loads(event.message.value)):
+                item = from_row(row)
+                self.absorb(partition, seq_of(offset, position), key, item, journeys, partials, now_ms)
+        for key, journey in journeys.items():
+            journey.prune(self.touch_horizon_ms, self.w.settings.dedup_window_ms)
+            self.w.journeys[key] = journey.to_row()
+        self.write_partials(partials)
+
+    def absorb(
+        self, partition: int, seq: int, key: str, item: Any, journeys: dict[str, Journey],
+        partials: dict[str, Partial], now_ms: float,
+    ) -> None:
+        s = self.w.settings
+        kind = item.kind
+        watermark = self.watermarks[partition] = max(self.watermarks[partition], item.ts)
+        if is_closed(window_start(item.ts, s.metrics_window_ms), s.metrics_window_ms, watermark, s.allowed_lateness_ms):
+            self.outcome[kind, "late"].inc()
+            return
+        journey = journeys.get(key)
+        if journey is None:
+            journey = journeys[key] = Journey.from_row(self.w.journeys.get(key))
+        admission = journey.admit(event_ids(item), seq, item.ts)
+        if admission is Admission.DUPLICATE:
+            self.outcome[kind, "duplicate"].inc()
+            return
+        if admission is Admission.NEW:
+            self.outcome[kind, "ok"].inc()
+            self.w.metrics.lag.observe(max(0.0, now_ms - item.ts) / 1000)
+        if isinstance(item, Spend):
+            self.count_touch_or_spend(partition, seq, item, partials, admission)
+        elif isinstance(item, Touch):
+            if admission is Admission.NEW:
+                journey.add_touch(item)
+            self.count_touch_or_spend(partition, seq, item, partials, admission)
+        elif admission is Admission.NEW:
+            journey.add_pending(seq, item)
+            self.enqueue(partition, key, seq)
+
+    def count_touch_or_spend(
+        self, partition: int, seq: int, item: Touch | Spend, partials: dict[str, Partial], admission: Admission
+    ) -> None:
+        window = window_start(item.ts, self.w.settings.metrics_window_ms)
+        partial = self.partial(partials, partial_key(partition, window, item.channel))
+        if seq <= partial.touch_seq:
+            return  # absorbed before a restart
+        partial.touch_seq = seq
+        m = self.w.metrics
+        if isinstance(item, Spend):
+            partial.add(item.campaign, SPEND, item.amount)
+            if admission is Admission.NEW:
+                m.count(m.spend, item.channel, item.campaign, item.amount)
+            return
+        partial.add(item.campaign, CLICKS if item.kind == "c" else IMPRESSIONS, 1)
+        partial.add(item.campaign, SPEND, item.cost)
+        if admission is Admission.NEW:
+            m.count(m.clicks if item.kind == "c" else m.impressions, item.channel, item.campaign)
+            m.count(m.spend, item.channel, item.campaign, item.cost)
+
+    def partial(self, partials: dict[str, Partial], key: str) -> Partial:
+        partial = partials.get(key)
+        if partial is None:
+            partial = partials[key] = Partial.from_row(self.w.partials.get(key))
+        return partial
+
+    def write_partials(self, partials: dict[str, Partial]) -> None:
+        for key, partial in partials.items():
+            self.w.partials[key] = partial.to_row()
+            self.dirty_partials.add(key)
+
+    # -- conversions after the grace -----------------------------------------------------------
+    def enqueue(self, partition: int, key: str, seq: int, delay_s: float | None = None) -> None:
+        if (key, seq) in self.queued:
+            return
+        self.queued.add((key, seq))
+        grace = self.w.settings.attribution_grace_ms / 1000 if delay_s is None else delay_s
+        self.due.append((time.monotonic() + grace, partition, key, seq))
+
+    def requeue_pending(self, partitions: set[int]) -> None:
+        """After recovery: every pending conversion of these partitions waits the grace again."""
+        found = []
+        for key, row in list(self.w.journeys.data.items()):
+            partition = self.w.partition_of(key)
+            if partition in partitions and row and row[2]:
+                found += [(seq, partition, key) for seq, _ in row[2]]
+        for seq, partition, key in sorted(found):
+            self.enqueue(partition, key, seq)
+        if found:
+            log.info("recovered %d pending conversions on partitions %s", len(found), sorted(partitions))
+
+    async def attribute_due(self) -> None:
+        now = time.monotonic()
+        ready: list[tuple[int, str, int]] = []
+        assigned = self.w.assigned(self.w.journey_events.get_topic_name())
+        while self.due and self.due[0][0] <= now:
+            _, partition, key, seq = self.due.popleft()
+            self.queued.discard((key, seq))
+            if partition in assigned:
+                ready.append((partition, key, seq))
+        if not ready:
+            return
+        conversions, not_first = self.load_conversions(ready)
+        try:
+            first_orders = await self.first_orders(conversions, not_first)
+        except Exception as exc:  # noqa: BLE001 - the store is down: conversions wait, nothing is lost
+            self.store_unavailable(exc, ready)
+            return
+        self.apply(conversions, first_orders)
+
+    def load_conversions(
+        self, ready: list[tuple[int, str, int]]
+    ) -> tuple[list[tuple[int, str, int, Lead | Order]], set[str]]:
+        """The due conversions still pending, and the orders that cannot be their customer's first."""
+        out = []
+        not_first: set[str] = set()
+        for partition, key, seq in ready:
+            journey = Journey.from_row(self.w.journeys.get(key))
+            row = next((conversion for pseq, conversion in journey.pending if pseq == seq), None)
+            if row is not None:
+                conversion = from_row(row)
+                out.append((partition, key, seq, conversion))
+                if isinstance(conversion, Order) and journey.earlier_order_pending(conversion):
+                    not_first.add(conversion.event_id)
+        return out, not_first
+
+    async def first_orders(
+        self, conversions: list[tuple[int, str, int, Lead | Order]], not_first: set[str]
+    ) -> dict[str, bool]:
+        orders = [
+            (c.customer_id, c.event_id) for *_, c in conversions
+            if isinstance(c, Order) and c.customer_id and c.event_id not in not_first
+        ]
+        answers = await self.w.store.first_orders(orders, self.w.settings.customer_retention_ms)
+        if self.store_down_since is not None:
+            log.warning("store is back after %.0fs; attributing again", time.monotonic() - self.store_down_since)
+            self.store_down_since = None
+        return {event_id: first for (_, event_id), first in zip(orders, answers, strict=True)}
+
+    def store_unavailable(self, exc: Exception, ready: list[tuple[int, str, int]]) -> None:
+        if self.store_down_since is None:
+            self.store_down_since = time.monotonic()
+            log.error("store unavailable (%s): conversions wait until it is back", exc)
+        for partition, key, seq in reversed(ready):
+            self.queued.add((key, seq))
+            self.due.appendleft((time.monotonic() + 1.0, partition, key, seq))
+
+    def apply(self, conversions: list[tuple[int, str, int, Lead | Order]], first_orders: dict[str, bool]) -> None:
+        affiliates, promo_codes = self.w.affiliates.by_id, self.w.affiliates.by_promo_code
+        journeys: dict[str, Journey] = {}
+        partials: dict[str, Partial] = {}
+        for partition, key, seq, conversion in conversions:
+            journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
+            if journey.take_pending(seq) is None:
+                continue
+            promo = promo_codes.get(conversion.promo_code) if isinstance(conversion, Order) else None
+            new_customer = first_orders.get(conversion.event_id, False)
+            message, credited = self.attribute(journey, conversion, promo, affiliates, new_customer)
+            self.w.attributions.send_soon(key=conversion.event_id.encode(), value=orjson.dumps(message))
+            self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
+            self.count_commissions(message["commissions"])
+            self.w.metrics.lag.observe(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
+        for key, journey in journeys.items():
+            self.w.journeys[key] = journey.to_row()
+        self.write_partials(partials)
+
+    def attribute(
+        self, journey: Journey, conversion: Lead | Order, promo: Affiliate | None,
+        affiliates: dict[str, Affiliate], new_customer: bool,
+    ) -> tuple[dict[str, Any], list[tuple[str, str, str | None, float]]]:
+        s = self.w.settings
+        path = journey_for(journey.touches, conversion.ts, self.lookback, promo, conversion.event_id)
+        revenue = conversion.revenue if isinstance(conversion, Order) else 0.0
+        by_model = {model: credits(model, path, conversion.ts, s.time_decay_half_life_ms) for model in MODELS}
+        chosen = by_model[s.attribution_model]
+        owed = commissions(path, revenue, affiliates) if isinstance(conversion, Order) else []
+        message = {
+            "conversion_id": conversion.event_id,
+            "type": "order" if isinstance(conversion, Order) else "lead",
+            "tracking_id": conversion.tracking_id,
+            "ts": conversion.ts,
+            "revenue": revenue,
+            "currency": s.reporting_currency,
+            "model": s.attribution_model,
+            "credits": [credit_json(c, revenue) for c in chosen],
+            "commissions": [{"affiliate_id": a, "role": role, "amount": amount} for a, role, amount in owed],
+            "models": {model: [credit_json(c, revenue) for c in cs] for model, cs in by_model.items()},
+            "customer_id": conversion.customer_id,
+            "new_customer": new_customer,
+        }
+        if isinstance(conversion, Order):
+            message["order_id"] = conversion.order_id
+            message["margin"] = s.default_margin if conversion.margin is None else conversion.margin
+        return message, [(c.channel, c.campaign, c.affiliate_id, c.weight) for c in chosen]
+
+    def count_conversion(
+        self, partition: int, seq: int, conversion: Lead | Order, credited: list[Any], new_customer: bool,
+        partials: dict[str, Partial],
+    ) -> None:
+        s = self.w.settings
+        m = self.w.metrics
+        window = window_start(conversion.ts, s.metrics_window_ms)
+        is_order = isinstance(conversion, Order)
+        revenue = conversion.revenue if is_order else 0.0
+        margin = (s.default_margin if conversion.margin is None else conversion.margin) if is_order else 0.0
+        for channel, campaign, _, weight in credited:
+            partial = self.partial(partials, partial_key(partition, window, channel))
+            if seq > partial.conversion_seq:
+                partial.conversion_seq = seq
+                if is_order:
+                    partial.add(campaign, ORDERS, weight)
+                    partial.add(campaign, REVENUE, weight * revenue)
+                    partial.add(campaign, GROSS_PROFIT, weight * revenue * margin)
+                    partial.add(campaign, NEW_CUSTOMERS, weight if new_customer else 0.0)
+                else:
+                    partial.add(campaign, LEADS, weight)
+            if is_order:
+                m.count(m.orders, channel, campaign, weight)
+                m.count(m.revenue, channel, campaign, weight * revenue)
+                m.count(m.gross_profit, channel, campaign, weight * revenue * margin)
+            else:
+                m.count(m.leads, channel, campaign, weight)
+
+    def count_commissions(self, owed: list[dict[str, Any]]) -> None:
+        for commission in owed:
+            self.w.metrics.commissions.labels(commission["affiliate_id"], commission["role"]).inc(commission["amount"])
+
+    # -- snapshots downstream and expiry ----------------------------------------------------------
+    async def send_snapshots(self) -> None:
+        dirty, self.dirty_partials = self.dirty_partials, set()
+        for key in sorted(dirty):
+            row = self.w.partials.get(key)
+            if row is None:
+                continue
+            partition, window, channel = parse_partial_key(key)
+            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.watermarks[partition], "f": row[2]}
+            await self.w.partials_topic.send(key=channel.encode(), value=orjson.dumps(snapshot))
+
+    def sweep(self) -> None:
+        """Forget journeys with nothing inside the horizon and partials of closed windows (event time)."""
+        s = self.w.settings
+        assigned = self.w.assigned(self.w.journey_events.get_topic_name())
+        for key, row in list(self.w.journeys.data.items()):
+            partition = self.w.partition_of(key)
+            if partition in assigned and row and not row[2] and row[3] < self.watermarks[partition] - max(
+                self.touch_horizon_ms, s.dedup_window_ms
+            ):
+                del self.w.journeys[key]
+        for key in list(self.w.partials.data.keys()):
+            partition, window, _ = parse_partial_key(key)
+            if partition in assigned and is_closed(
+                window, s.metrics_window_ms, self.watermarks[partition], s.allowed_lateness_ms
+            ):
+                del self.w.partials[key]
+
+
+def m_outcomes() -> tuple[str, ...]:
+    from streams.observability import OUTCOMES
+
+    return OUTCOMES
+
+
+def credit_json(credit: Any, revenue: float) -> dict[str, Any]:
+    return {
+        "channel": credit.channel,
+        "campaign": credit.campaign,
+        "affiliate_id": credit.affiliate_id,
+        "weight": credit.weight,
+        "revenue": credit.weight * revenue,
+    }
+
+
+def register(w: Wiring) -> None:
+    stage = JourneyStage(w)
+    w.state["journeys"] = stage
+    w.journeys.recovered_callbacks.append(stage.requeue_pending)
+
+    @w.app.agent(w.journey_events, name="journeys")
+    async def journeys(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            stage.absorb_batch(batch)
+
+    @w.app.timer(DUE_INTERVAL_S, name="attribute-due")
+    async def attribute_due() -> None:
+        await stage.attribute_due()
+
+    @w.app.timer(SNAPSHOT_INTERVAL_S, name="send-partial-snapshots")
+    async def send_snapshots() -> None:
+        await stage.send_snapshots()
+
+    @w.app.timer(SWEEP_INTERVAL_S, name="sweep-expired-state")
+    async def sweep() -> None:
+        stage.sweep()

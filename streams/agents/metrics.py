@@ -1,0 +1,121 @@
+"""Metrics: sum the partial snapshots of every source partition per (channel, window), publish
+`metrics.channel` and `metrics.campaign` at most about once a second per key, and a final
+message when event time has passed a window's end by ALLOWED_LATENESS.
+
+The latest channel messages also go to the store for `GET /api/v1/kpis`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from streams.app import Wiring
+from streams.kpis import Figures, metrics_message
+from streams.windows import ChannelWindow, channel_figures, is_closed
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.05
+PUBLISH_INTERVAL_S = 1.0
+KPI_NAMESPACE = "kpis"
+
+
+class MetricsStage:
+    def __init__(self, w: Wiring) -> None:
+        self.w = w
+        self.watermark = 0
+        self.dirty: set[str] = set()
+        self.published: dict[str, Figures] = {}  # "channel|window|campaign" -> last figures sent
+        self.latest: dict[str, dict[int, dict[str, Any]]] = {}  # channel -> window -> message
+        self.latest_dirty = False
+
+    def absorb_batch(self, batch: list[Any]) -> None:
+        s = self.w.settings
+        windows: dict[str, ChannelWindow] = {}
+        for event in batch:
+            snapshot = orjson.loads(event.message.value)
+            self.watermark = max(self.watermark, snapshot["wm"])
+            if is_closed(snapshot["w"], s.metrics_window_ms, self.watermark, s.allowed_lateness_ms):
+                continue  # that window has closed: a late snapshot changes nothing
+            key = f"{snapshot['c']}|{snapshot['w']}"
+            window = windows.get(key)
+            if window is None:
+                window = windows[key] = ChannelWindow.from_row(self.w.channel_windows.get(key))
+            window.sources[str(snapshot["p"])] = snapshot["f"]
+        for key, window in windows.items():
+            self.w.channel_windows[key] = window.to_row()
+            self.dirty.add(key)
+
+    async def publish(self) -> None:
+        s = self.w.settings
+        closing = [
+            key for key in self.w.channel_windows.data
+            if is_closed(int(key.rsplit("|", 1)[1]), s.metrics_window_ms, self.watermark, s.allowed_lateness_ms)
+        ]
+        dirty, self.dirty = self.dirty - set(closing), set()
+        for key in sorted(dirty):
+            await self.publish_window(key, final=False)
+        for key in closing:
+            await self.publish_window(key, final=True)
+            del self.w.channel_windows[key]
+        await self.save_latest()
+
+    async def publish_window(self, key: str, final: bool) -> None:
+        row = self.w.channel_windows.get(key)
+        if row is None:
+            return
+        channel, window = key.rsplit("|", 1)
+        start, window_ms = int(window), self.w.settings.metrics_window_ms
+        campaigns = ChannelWindow.from_row(row).campaign_figures()
+        for campaign, figures in sorted(campaigns.items()):
+            seen_key = f"{key}|{campaign}"
+            if final or self.published.get(seen_key) != figures:
+                message = metrics_message(channel, campaign, start, window_ms, final, figures)
+                await self.w.metrics_campaign.send(key=f"{channel}/{campaign}".encode(), value=orjson.dumps(message))
+                self.published[seen_key] = figures
+        total = channel_figures(campaigns)
+        if final or self.published.get(key) != total:
+            message = metrics_message(channel, None, start, window_ms, final, total)
+            await self.w.metrics_channel.send(key=channel.encode(), value=orjson.dumps(message))
+            self.published[key] = total
+            self.remember_latest(channel, start, message)
+        if final:
+            for seen_key in [k for k in self.published if k == key or k.startswith(key + "|")]:
+                del self.published[seen_key]
+
+    def remember_latest(self, channel: str, start: int, message: dict[str, Any]) -> None:
+        windows = self.latest.setdefault(channel, {})
+        windows[start] = message
+        for old in sorted(windows)[:-2]:
+            del windows[old]
+        self.latest_dirty = True
+
+    async def save_latest(self) -> None:
+        if not self.latest_dirty:
+            return
+        self.latest_dirty = False
+        items = {
+            channel: orjson.dumps([windows[w] for w in sorted(windows)]) for channel, windows in self.latest.items()
+        }
+        try:
+            await self.w.store.put_latest(KPI_NAMESPACE, items)
+        except Exception as exc:  # noqa: BLE001 - the read API is stale until the store is back
+            log.warning("could not save the latest KPIs to the store: %s", exc)
+            self.latest_dirty = True
+
+
+def register(w: Wiring) -> None:
+    stage = MetricsStage(w)
+    w.state["metrics"] = stage
+
+    @w.app.agent(w.partials_topic, name="metrics")
+    async def metrics(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            stage.absorb_batch(batch)
+
+    @w.app.timer(PUBLISH_INTERVAL_S, name="publish-metrics")
+    async def publish() -> None:
+        await stage.publish()

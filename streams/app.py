@@ -1,0 +1,180 @@
+"""The faust.App and every topic and table: the wiring on one screen.
+
+    input topics ──intake──► attribution-journey-events (by tracking ID; spend by channel)
+                                  │ journeys: dedup, touchpoints, conversions after the grace
+                                  ├──► attributions
+                                  ▼
+                 attribution-metric-partials (by channel; absolute snapshots per source partition)
+                                  │ metrics: sum the partials, throttle, close windows
+                                  ▼
+                 metrics.channel · metrics.campaign   (+ Redis/in-process store for the read API)
+
+Tables choose their changelog partition from the key with the same murmur2 the intake uses
+to route events, so a key's state always lives with the partition that reads its events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from prometheus_client import CollectorRegistry
+
+from streams.affiliate_directory import AffiliateDirectory
+from streams.config import Settings
+from streams.events import INPUT_TOPICS
+from streams.kafka import (
+    ATTRIBUTIONS_TOPIC,
+    DLQ_TOPIC,
+    METRICS_CAMPAIGN_TOPIC,
+    METRICS_CHANNEL_TOPIC,
+)
+from streams.observability import WorkerMetrics
+from streams.store import Store
+
+APP_ID = "attribution"
+JOURNEY_TOPIC = "attribution-journey-events"
+PARTIALS_TOPIC = "attribution-metric-partials"
+FETCH_MAX_WAIT_MS = 10
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives a key: routing and tables agree."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class KeyPartitionedTable(faust.Table):
+    """A table whose changelog partition comes from `partition_for(key)`, so it can be written
+    from timers and from batches that mix partitions, and which reports recovery."""
+
+    def __init__(self, *args: Any, partition_for: Callable[[str], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.partition_for = partition_for
+        self.recovered_callbacks: list[Callable[[set[int]], None]] = []
+
+    def partition_for_key(self, key: Any) -> int:
+        return self.partition_for(key)
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        partitions = {tp.partition for tp in active_tps if tp.topic == self.changelog_topic.get_topic_name()}
+        for callback in self.recovered_callbacks:
+            callback(partitions)
+
+
+@dataclass
+class Wiring:
+    """Everything the agents share; built once per worker by `build`."""
+
+    settings: Settings
+    app: faust.App
+    store: Store
+    metrics: WorkerMetrics
+    registry: CollectorRegistry
+    inputs: Any = None
+    journey_events: Any = None
+    partials_topic: Any = None
+    attributions: Any = None
+    dlq: Any = None
+    metrics_channel: Any = None
+    metrics_campaign: Any = None
+    journeys: Any = None
+    partials: Any = None
+    channel_windows: Any = None
+    affiliates: AffiliateDirectory | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def partition_of(self, key: str) -> int:
+        return partition_of(key, self.settings.topic_partitions)
+
+    def assigned(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0) -> Wiring:
+    lower_fetch_wait(FETCH_MAX_WAIT_MS)
+    app = faust.App(
+        APP_ID,
+        broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],
+        store="rocksdb://" if settings.state_store == "rocksdb" else "memory://",
+        datadir=settings.state_dir,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        web_in_thread=False,
+        broker_session_timeout=session_timeout_s,
+        broker_rebalance_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(1.0, session_timeout_s / 3),
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        stream_wait_empty=False,
+        autodiscover=False,
+        table_cleanup_interval=3600.0,
+        logging_config=None,
+        loghandlers=[],
+    )
+    registry = CollectorRegistry()
+    wiring = Wiring(settings, app, store, WorkerMetrics(registry, settings.campaign_label_cap), registry)
+    n = settings.topic_partitions
+    wiring.inputs = app.topic(*INPUT_TOPICS, key_type=bytes, value_type=bytes)
+    wiring.journey_events = app.topic(JOURNEY_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.partials_topic = app.topic(PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.attributions = app.topic(ATTRIBUTIONS_TOPIC, partitions=n)
+    wiring.dlq = app.topic(DLQ_TOPIC, partitions=n)
+    wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
+    wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
+    wiring.journeys = _table(app, "journeys", n, wiring.partition_of)
+    wiring.partials = _table(app, "partials", n, lambda key: int(key.split("|", 1)[0]))
+    wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.split("|", 1)[0]))
+    wiring.affiliates = AffiliateDirectory(bootstrap)
+    app.service(wiring.affiliates)
+
+    from streams.agents import intake, journeys, metrics, web
+
+    intake.register(wiring)
+    journeys.register(wiring)
+    metrics.register(wiring)
+    web.register(wiring)
+    return wiring
+
+
+def _table(app: faust.App, name: str, partitions: int, partition_for: Callable[[str], int]) -> KeyPartitionedTable:
+    table = KeyPartitionedTable(
+        app,
+        name=name,
+        default=None,
+        partitions=partitions,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partition_for=partition_for,
+        beacon=app.tables.beacon,
+    )
+    return app.tables.add(table)
+
+
+def lower_fetch_wait(ms: int) -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500 in its worker consumer: p50 latency 1.2-1.7 s.
+    Lower it on the consumer Faust builds (measured here: 13-46 ms end to end with 10 ms)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    if getattr(thread._create_worker_consumer, "fetch_wait_ms", None) == ms:
+        return
+    original = getattr(thread._create_worker_consumer, "original", thread._create_worker_consumer)
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    create_worker_consumer.original = original  # type: ignore[attr-defined]
+    create_worker_consumer.fetch_wait_ms = ms  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create_worker_consumer

@@ -1,0 +1,214 @@
+"""Settings from the environment, parsed and checked once (CONTRACT.md section 1).
+
+`Settings.from_env()` raises `ConfigError` naming the variable and the bad value; the CLI
+turns that into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Model = Literal["last_click", "first_click", "linear", "time_decay", "position_based"]
+MODELS: tuple[Model, ...] = ("last_click", "first_click", "linear", "time_decay", "position_based")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def parse_duration_ms(text: str) -> int:
+    """`500ms`, `30s`, `2m`, `1h`, `30d` -> milliseconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected a number and a unit (ms, s, m, h, d), got {text!r}")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def parse_fx_rates(text: str) -> dict[str, float]:
+    """`EUR=1.08,GBP=1.27` -> {"EUR": 1.08, "GBP": 1.27}."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        code, sep, value = item.partition("=")
+        code = code.strip().upper()
+        if not sep or not _CURRENCY.match(code):
+            raise ValueError(f"expected CODE=rate items like EUR=1.08, got {item!r}")
+        rate = float(value)
+        if not rate > 0:
+            raise ValueError(f"rate of {code} must be > 0, got {value.strip()!r}")
+        rates[code] = rate
+    return rates
+
+
+def parse_bootstrap(text: str) -> str:
+    for server in text.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port[,host:port], got {text!r}")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None = None
+    redis_url: str | None = None
+    topic_partitions: int = 8
+    attribution_model: Model = "last_click"
+    click_lookback_ms: int = 30 * 86_400_000
+    view_lookback_ms: int = 86_400_000
+    time_decay_half_life_ms: int = 7 * 86_400_000
+    metrics_window_ms: int = 60_000
+    allowed_lateness_ms: int = 86_400_000
+    dedup_window_ms: int = 7 * 86_400_000
+    state_store: Literal["memory", "rocksdb"] = "memory"
+    reporting_currency: str = "USD"
+    collector_keys: tuple[str, ...] = ()
+    collector_port: int = 8080
+    web_port: int = 6066
+    prometheus_pushgateway: str | None = None
+    default_margin: float = 1.0
+    signal_window_ms: int = 3_600_000
+    signal_min_spend: float = 50.0
+    romi_floor: float = 0.0
+    romi_scale: float = 1.0
+    customer_retention_ms: int = 400 * 86_400_000
+    fx_rates: Mapping[str, float] = field(default_factory=dict)
+    # Not in the contract: engine tuning with safe defaults.
+    attribution_grace_ms: int = 2_000
+    campaign_label_cap: int = 200
+    log_level: str = "WARNING"
+    worker_name: str = ""
+    state_dir: str = ".run/state"
+
+    @property
+    def longest_lookback_ms(self) -> int:
+        return max(self.click_lookback_ms, self.view_lookback_ms)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        currency = reader.get("REPORTING_CURRENCY", "USD", _currency)
+        return cls(
+            kafka_bootstrap=reader.get("KAFKA_BOOTSTRAP", None, parse_bootstrap),
+            redis_url=reader.get("REDIS_URL", None, _redis_url),
+            topic_partitions=reader.get("TOPIC_PARTITIONS", 8, _positive_int),
+            attribution_model=reader.get("ATTRIBUTION_MODEL", "last_click", _model),
+            click_lookback_ms=reader.get("CLICK_LOOKBACK", "30d", _positive_duration),
+            view_lookback_ms=reader.get("VIEW_LOOKBACK", "1d", _positive_duration),
+            time_decay_half_life_ms=reader.get("TIME_DECAY_HALF_LIFE", "7d", _positive_duration),
+            metrics_window_ms=reader.get("METRICS_WINDOW", "60s", _positive_duration),
+            allowed_lateness_ms=reader.get("ALLOWED_LATENESS", "1d", parse_duration_ms),
+            dedup_window_ms=reader.get("DEDUP_WINDOW", "7d", _positive_duration),
+            state_store=reader.get("STATE_STORE", "memory", _state_store),
+            reporting_currency=currency,
+            collector_keys=reader.get("COLLECTOR_KEYS", (), _keys),
+            collector_port=reader.get("COLLECTOR_PORT", 8080, _port),
+            web_port=reader.get("WEB_PORT", 6066, _port),
+            prometheus_pushgateway=reader.get("PROMETHEUS_PUSHGATEWAY", None, parse_bootstrap),
+            default_margin=reader.get("DEFAULT_MARGIN", 1.0, _unit_interval),
+            signal_window_ms=reader.get("SIGNAL_WINDOW", "1h", _positive_duration),
+            signal_min_spend=reader.get("SIGNAL_MIN_SPEND", 50.0, _non_negative),
+            romi_floor=reader.get("ROMI_FLOOR", 0.0, float),
+            romi_scale=reader.get("ROMI_SCALE", 1.0, float),
+            customer_retention_ms=reader.get("CUSTOMER_RETENTION", "400d", _positive_duration),
+            fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
+            attribution_grace_ms=reader.get("ATTRIBUTION_GRACE", "2s", parse_duration_ms),
+            campaign_label_cap=reader.get("CAMPAIGN_LABEL_CAP", 200, _positive_int),
+            log_level=reader.get("LOG_LEVEL", "WARNING", _log_level),
+            worker_name=reader.get("WORKER_NAME", "", str),
+            state_dir=reader.get("STATE_DIR", ".run/state", str),
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name, default, parse):
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            if isinstance(default, str) and parse is not str:
+                return parse(default)
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port 0-65535, got {value}")
+    return value
+
+
+def _positive_duration(text: str) -> int:
+    value = parse_duration_ms(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _model(text: str) -> Model:
+    if text not in MODELS:
+        raise ValueError(f"must be one of {', '.join(MODELS)}, got {text!r}")
+    return text  # type: ignore[return-value]
+
+
+def _state_store(text: str) -> Literal["memory", "rocksdb"]:
+    if text not in ("memory", "rocksdb"):
+        raise ValueError(f"must be memory or rocksdb, got {text!r}")
+    return text  # type: ignore[return-value]
+
+
+def _currency(text: str) -> str:
+    if not _CURRENCY.match(text):
+        raise ValueError(f"must be an ISO 4217 code like USD, got {text!r}")
+    return text
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"must start with redis://, rediss:// or unix://, got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+    return level

@@ -1,0 +1,231 @@
+"""Raw input bytes -> normalised events or rejections (pure: no I/O beyond reading schemas once).
+
+The JSON Schemas in `schemas/` are the single source of truth for what a valid input is;
+this module compiles them once with fastjsonschema and adds the two rules a schema cannot
+say: a currency must be convertible (FX_RATES), and `ts` becomes epoch milliseconds.
+
+Normalised events are NamedTuples whose first field is a one-letter kind, so they travel
+between stages as plain JSON arrays (`list(event)`) and come back with `from_row`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import fastjsonschema
+import orjson
+
+from streams.config import Settings
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+NONE_CAMPAIGN = "(none)"
+
+# input topic -> event type its events must have
+TOPIC_TYPES = {"impressions": "impression", "clicks": "click", "leads": "lead", "orders": "order", "spend": "spend"}
+INPUT_TOPICS = tuple(TOPIC_TYPES)
+
+
+class Touch(NamedTuple):
+    """An impression (kind "i") or a click (kind "c"); `cost` is in the reporting currency."""
+
+    kind: str
+    event_id: str
+    ts: int
+    tracking_id: str
+    channel: str
+    campaign: str
+    affiliate_id: str | None
+    cost: float
+
+
+class Lead(NamedTuple):
+    kind: str  # "l"
+    event_id: str
+    ts: int
+    tracking_id: str
+    customer_id: str | None
+
+
+class Order(NamedTuple):
+    """An order; `revenue` is in the reporting currency; `margin` None means DEFAULT_MARGIN."""
+
+    kind: str  # "o"
+    event_id: str
+    ts: int
+    tracking_id: str
+    order_id: str
+    revenue: float
+    margin: float | None
+    promo_code: str | None
+    customer_id: str | None
+
+
+class Spend(NamedTuple):
+    kind: str  # "s"
+    event_id: str
+    ts: int
+    channel: str
+    campaign: str
+    amount: float
+
+
+Event = Touch | Lead | Order | Spend
+Conversion = Lead | Order
+_ROW_TYPES: dict[str, type] = {"i": Touch, "c": Touch, "l": Lead, "o": Order, "s": Spend}
+
+
+class Rejection(NamedTuple):
+    """Why one input (or one element of an input array, at `index`) was not processed."""
+
+    error: str
+    index: int | None
+
+
+def from_row(row: list[Any]) -> Event:
+    """A normalised event from its JSON array form (`list(event)`)."""
+    return _ROW_TYPES[row[0]](*row)
+
+
+@cache
+def load_schema(kind: str) -> dict[str, Any]:
+    return orjson.loads((SCHEMA_DIR / f"{kind}.json").read_bytes())
+
+
+@cache
+def _validator(kind: str):
+    return fastjsonschema.compile(load_schema(kind))
+
+
+def decode(raw: bytes | None) -> list[tuple[int | None, Any]] | Rejection:
+    """Bytes -> the event objects they hold, with each one's index in a batch (None: a single object)."""
+    if raw is None:
+        return Rejection("empty message (no value)", None)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(f"not valid UTF-8 JSON: {exc}", None)
+    if isinstance(value, dict):
+        return [(None, value)]
+    if isinstance(value, list) and value:
+        return list(enumerate(value))
+    if isinstance(value, list):
+        return Rejection("empty array: expected event objects", None)
+    return Rejection(f"expected a JSON object or an array of objects, got {type(value).__name__} {_short(value)}", None)
+
+
+def validate(obj: Any, topic: str, settings: Settings) -> Event | str:
+    """One decoded JSON value from `topic` -> a normalised event, or the reason it is rejected."""
+    kind = TOPIC_TYPES.get(topic)
+    if kind is None:
+        return f"unknown input topic {topic!r}"
+    if not isinstance(obj, dict):
+        return f"expected an event object, got {type(obj).__name__} {_short(obj)}"
+    if obj.get("type") != kind and isinstance(obj.get("type"), str):
+        return f"type must be {kind!r} on topic {topic}, got {obj['type']!r}"
+    try:
+        _validator(kind)(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return _schema_error(exc)
+    try:
+        return _normalise(kind, obj, settings)
+    except ValueError as exc:
+        return str(exc)
+
+
+def parse_message(raw: bytes | None, topic: str, settings: Settings) -> tuple[list[Event], list[Rejection]]:
+    """One input message -> its valid events and its rejections (each batch element judged alone)."""
+    decoded = decode(raw)
+    if isinstance(decoded, Rejection):
+        return [], [decoded]
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for index, obj in decoded:
+        result = validate(obj, topic, settings)
+        if isinstance(result, str):
+            rejections.append(Rejection(result, index))
+        else:
+            events.append(result)
+    return events, rejections
+
+
+def parse_ts(value: int | str) -> int:
+    """An already schema-checked `ts` -> epoch milliseconds."""
+    if isinstance(value, int):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"ts is not a valid ISO-8601 date-time, got {value!r}") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"ts needs a UTC offset (like Z or +02:00), got {value!r}")
+    return int(moment.timestamp() * 1000)
+
+
+def to_reporting(amount: float, currency: str | None, settings: Settings, field: str) -> float:
+    if currency is None or currency == settings.reporting_currency:
+        return float(amount)
+    rate = settings.fx_rates.get(currency)
+    if rate is None:
+        known = ", ".join(sorted(settings.fx_rates))
+        raise ValueError(f"{field}: currency {currency!r} has no rate in FX_RATES (known: {known})")
+    return float(amount) * rate
+
+
+def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
+    ts = parse_ts(obj["ts"])
+    currency = obj.get("currency")
+    if kind in ("impression", "click"):
+        cost = obj.get("cost")
+        return Touch(
+            "i" if kind == "impression" else "c",
+            obj["event_id"],
+            ts,
+            obj["tracking_id"],
+            obj["channel"],
+            obj.get("campaign") or NONE_CAMPAIGN,
+            obj.get("affiliate_id") if kind == "click" else None,
+            0.0 if cost is None else to_reporting(cost, currency, settings, "cost"),
+        )
+    if kind == "lead":
+        return Lead("l", obj["event_id"], ts, obj["tracking_id"], obj.get("customer_id"))
+    if kind == "order":
+        margin = obj.get("margin")
+        return Order(
+            "o",
+            obj["event_id"],
+            ts,
+            obj["tracking_id"],
+            obj["order_id"],
+            to_reporting(obj["revenue"], currency, settings, "revenue"),
+            None if margin is None else float(margin),
+            obj.get("promo_code") or None,
+            obj.get("customer_id"),
+        )
+    return Spend(
+        "s",
+        obj["event_id"],
+        ts,
+        obj["channel"],
+        obj.get("campaign") or NONE_CAMPAIGN,
+        to_reporting(obj["amount"], currency, settings, "amount"),
+    )
+
+
+def _schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    field = (exc.name or "data").removeprefix("data").lstrip(".") or "event"
+    message = exc.message.removeprefix(exc.name or "").strip()
+    if exc.rule == "required":
+        present = exc.value if isinstance(exc.value, dict) else {}
+        missing = [name for name in exc.definition.get("required", ()) if name not in present]
+        return f"missing required field(s): {', '.join(missing)}"
+    if exc.rule in ("oneOf", "anyOf") and "description" in exc.definition:
+        message = f"must be {exc.definition['description']}"
+    return f"{field} {message}, got {_short(exc.value)}"
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

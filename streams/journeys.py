@@ -1,0 +1,125 @@
+"""Per-tracking-ID journey state and the decisions made on it. Pure: no Kafka, no clock.
+
+One `Journey` holds what the engine remembers of a visitor: touchpoints inside the
+longest lookback, the ids it has seen inside the dedup window (for dropping repeats) and
+conversions waiting out the grace. It travels through a Faust table as a compact JSON
+array (`to_row` / `from_row`).
+
+Idempotence under at-least-once delivery: every absorbed event is remembered with the
+sequence number (input offset x 1024 + position in the message) that brought it. When a
+restarted worker reads the same input again, `admit` recognises its own earlier record
+("replay", to be counted by any state that has not absorbed it yet) and tells it apart
+from a true repeat of the event ("duplicate", counted once, never again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from streams.attribution import Touchpoint
+from streams.events import Lead, Order, Touch
+
+SEQ_PER_MESSAGE = 1024  # at most this many events in one internal message
+SPEND_KEY_PREFIX = "\x00spend/"
+
+
+class Admission(Enum):
+    NEW = "new"  # first time: remember and count it
+    REPLAY = "replay"  # this very input was absorbed before a restart: state has it already
+    DUPLICATE = "duplicate"  # a repeat of an event (or order) already seen: count once as duplicate
+
+
+def seq_of(offset: int, position: int) -> int:
+    return offset * SEQ_PER_MESSAGE + position
+
+
+def id_hash(text: str) -> int:
+    """A stable 63-bit hash of an id: 8 bytes instead of the id itself in dedup memory."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass
+class Journey:
+    touches: list[Touchpoint] = field(default_factory=list)
+    seen: dict[int, tuple[int, int]] = field(default_factory=dict)  # id hash -> (seq, ts)
+    pending: list[tuple[int, list[Any]]] = field(default_factory=list)  # (seq, conversion row)
+    last_ts: int = 0
+
+    def to_row(self) -> list[Any]:
+        return [
+            [list(t) for t in self.touches],
+            [[h, seq, ts] for h, (seq, ts) in self.seen.items()],
+            [[seq, row] for seq, row in self.pending],
+            self.last_ts,
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[Any] | None) -> Journey:
+        if not row:
+            return cls()
+        touches, seen, pending, last_ts = row
+        return cls(
+            [Touchpoint(*t) for t in touches],
+            {h: (seq, ts) for h, seq, ts in seen},
+            [(seq, conversion) for seq, conversion in pending],
+            last_ts,
+        )
+
+    def admit(self, ids: list[str], seq: int, ts: int) -> Admission:
+        """Judge an event by its ids (event_id, plus `order:<order_id>` for orders) and remember it."""
+        hashes = [id_hash(i) for i in ids]
+        for h in hashes:
+            earlier = self.seen.get(h)
+            if earlier is not None:
+                return Admission.REPLAY if earlier[0] == seq else Admission.DUPLICATE
+        for h in hashes:
+            self.seen[h] = (seq, ts)
+        self.last_ts = max(self.last_ts, ts)
+        return Admission.NEW
+
+    def add_touch(self, touch: Touch) -> None:
+        kind = "c" if touch.kind == "c" else "i"
+        self.touches.append(
+            Touchpoint(touch.ts, kind, touch.channel, touch.campaign, touch.affiliate_id, touch.event_id)
+        )
+
+    def add_pending(self, seq: int, conversion: Lead | Order) -> None:
+        self.pending.append((seq, list(conversion)))
+
+    def take_pending(self, seq: int) -> list[Any] | None:
+        for i, (pending_seq, row) in enumerate(self.pending):
+            if pending_seq == seq:
+                del self.pending[i]
+                return row
+        return None
+
+    def earlier_order_pending(self, order: Order) -> bool:
+        """Another order of the same customer with an earlier (ts, event_id) still waits here: that
+        one, not this, is the customer's first order (input topics are not ordered with each other)."""
+        mine = (order.ts, order.event_id)
+        return any(
+            row[0] == "o" and row[8] == order.customer_id and (row[2], row[1]) < mine for _, row in self.pending
+        )
+
+    def prune(self, touch_horizon_ms: int, dedup_window_ms: int) -> None:
+        """Forget touchpoints older than the horizon and ids older than the dedup window (event time)."""
+        touch_cutoff = self.last_ts - touch_horizon_ms
+        if any(t.ts < touch_cutoff for t in self.touches):
+            self.touches = [t for t in self.touches if t.ts >= touch_cutoff]
+        id_cutoff = self.last_ts - dedup_window_ms
+        stale = [h for h, (_, ts) in self.seen.items() if ts < id_cutoff]
+        for h in stale:
+            del self.seen[h]
+
+    def is_expired(self, watermark: int, horizon_ms: int) -> bool:
+        """Nothing left worth keeping: no pending conversion and no activity within the horizon."""
+        return not self.pending and self.last_ts < watermark - horizon_ms
+
+
+def event_ids(event: Touch | Lead | Order) -> list[str]:
+    if isinstance(event, Order):
+        return [event.event_id, f"order:{event.order_id}"]
+    return [event.event_id]

@@ -1,0 +1,78 @@
+"""Small shared Kafka helpers for the commands that are not the Faust worker.
+
+The collector, simulator, replay and affiliate loader all produce to the input topics;
+they share one way to build a producer and to make sure topics exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.events import INPUT_TOPICS
+
+log = logging.getLogger(__name__)
+
+AFFILIATES_TOPIC = "affiliates"
+DLQ_TOPIC = "events.dlq"
+ATTRIBUTIONS_TOPIC = "attributions"
+METRICS_CHANNEL_TOPIC = "metrics.channel"
+METRICS_CAMPAIGN_TOPIC = "metrics.campaign"
+METRICS_LTV_TOPIC = "metrics.ltv"
+SIGNALS_TOPIC = "signals"
+PUBLIC_TOPICS = (*INPUT_TOPICS, DLQ_TOPIC, ATTRIBUTIONS_TOPIC, METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC,
+                 METRICS_LTV_TOPIC, SIGNALS_TOPIC)
+COMPACTED_TOPICS = (AFFILIATES_TOPIC,)
+
+
+def make_producer(bootstrap: str, *, idempotent: bool = False, linger_ms: int = 5) -> AIOKafkaProducer:
+    """acks=all with a small linger: batching without losing what was acknowledged."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        enable_idempotence=idempotent,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+    )
+
+
+async def ensure_topics(bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS) -> None:
+    """Create the contract's topics that do not exist yet (`affiliates` compacted, one partition)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        if AFFILIATES_TOPIC not in existing:
+            wanted.append(NewTopic(AFFILIATES_TOPIC, 1, 1, topic_configs={"cleanup.policy": "compact"}))
+        for topic in wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process made it meanwhile
+                await admin.create_topics([topic])
+        if wanted:
+            log.info("created topics: %s", ", ".join(t.name for t in wanted))
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Block until the broker answers a metadata request, or raise TimeoutError naming it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_error = exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s: {last_error}")

@@ -1,0 +1,76 @@
+"""Prometheus metrics of the worker (CONTRACT.md sections 6 and 7) and logging set-up.
+
+Counters are per worker and add up across workers: dashboards use `sum by (channel)`.
+Campaign labels are capped per channel (`CAMPAIGN_LABEL_CAP`); the rest count as `(other)`
+so a campaign-name explosion cannot blow up Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER_CAMPAIGN = "(other)"
+OUTCOMES = ("ok", "invalid", "duplicate", "late")
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
+
+
+class CampaignLabels:
+    """Maps a campaign to itself for the first `cap` campaigns of a channel, else to `(other)`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.known: dict[str, set[str]] = {}
+
+    def __call__(self, channel: str, campaign: str) -> str:
+        known = self.known.setdefault(channel, set())
+        if campaign in known:
+            return campaign
+        if len(known) < self.cap:
+            known.add(campaign)
+            return campaign
+        return OTHER_CAMPAIGN
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry, campaign_cap: int) -> None:
+        self.registry = registry
+        self.campaign = CampaignLabels(campaign_cap)
+        labels = ("channel", "campaign")
+
+        def counter(name: str, text: str) -> Counter:
+            return Counter(name, text, labels, registry=registry)
+
+        self.impressions = counter("attribution_impressions_total", "Impressions by the touchpoint's channel")
+        self.clicks = counter("attribution_clicks_total", "Clicks by the touchpoint's channel")
+        self.leads = counter("attribution_leads_total", "Attributed lead credit")
+        self.orders = counter("attribution_orders_total", "Attributed order credit")
+        self.revenue = counter("attribution_revenue_total", "Attributed revenue, reporting currency")
+        self.spend = counter("attribution_spend_total", "Spend (spend reports plus per-event cost)")
+        self.gross_profit = counter("attribution_gross_profit_total", "Attributed gross profit (revenue x margin)")
+        self.commissions = Counter(
+            "attribution_commission_total", "Commissions owed", ("affiliate_id", "role"), registry=registry
+        )
+        self.events = Counter(
+            "attribution_events_total", "Input events by type and outcome", ("type", "outcome"), registry=registry
+        )
+        self.lag = Histogram(
+            "attribution_event_lag_seconds", "Event time to processed", buckets=LAG_BUCKETS, registry=registry
+        )
+        self.signal = Gauge(
+            "attribution_signal", "1 for the current action of a key", ("channel", "campaign", "action"),
+            registry=registry,
+        )
+
+    def count(self, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
+        if amount:
+            counter.labels(channel, self.campaign(channel, campaign)).inc(amount)
+
+
+def configure_logging(level: str) -> None:
+    """Set levels explicitly: Faust/mode otherwise leave the root logger at DEBUG (~10% of throughput)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().setLevel(level)
+    for name in ("faust", "mode", "aiokafka", "kafka", "aiohttp", "streams"):
+        logging.getLogger(name).setLevel(level)

@@ -1,0 +1,93 @@
+"""Event-time tumbling windows and the two-stage sums behind the metric topics. Pure.
+
+Stage one (the journeys agent) keeps one `Partial` per (source partition, window, channel):
+figures per campaign plus the highest input sequence it has absorbed, separately for
+touchpoints/spend and for conversions (they are absorbed at different times: conversions
+after the grace). A contribution whose sequence is not above the mark was absorbed before
+a restart and is skipped, so a replay never counts twice.
+
+Stage two (the metrics agent) keeps, per (channel, window), the latest snapshot of every
+source partition's Partial and sums them: snapshots overwrite, they never add up twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.kpis import Figures
+
+FIGURE_COUNT = len(Figures._fields)
+IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT = range(FIGURE_COUNT)
+
+
+def window_start(ts: int, window_ms: int) -> int:
+    return ts - ts % window_ms
+
+
+def is_closed(window: int, window_ms: int, watermark: int, allowed_lateness_ms: int) -> bool:
+    """Event time has passed the window's end by the allowed lateness: it takes nothing more."""
+    return watermark >= window + window_ms + allowed_lateness_ms
+
+
+@dataclass
+class Partial:
+    touch_seq: int = -1
+    conversion_seq: int = -1
+    campaigns: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_row(self) -> list[Any]:
+        return [self.touch_seq, self.conversion_seq, self.campaigns]
+
+    @classmethod
+    def from_row(cls, row: list[Any] | None) -> Partial:
+        return cls(*row) if row else cls()
+
+    def add(self, campaign: str, index: int, amount: float) -> None:
+        figures = self.campaigns.get(campaign)
+        if figures is None:
+            figures = self.campaigns[campaign] = [0.0] * FIGURE_COUNT
+        figures[index] += amount
+
+
+def partial_key(partition: int, window: int, channel: str) -> str:
+    return f"{partition}|{window}|{channel}"
+
+
+def parse_partial_key(key: str) -> tuple[int, int, str]:
+    partition, window, channel = key.split("|", 2)
+    return int(partition), int(window), channel
+
+
+@dataclass
+class ChannelWindow:
+    """Stage two: the latest snapshot per source partition of one channel in one window."""
+
+    sources: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return self.sources
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any] | None) -> ChannelWindow:
+        return cls(row or {})
+
+    def campaign_figures(self) -> dict[str, Figures]:
+        totals: dict[str, list[float]] = {}
+        for campaigns in self.sources.values():
+            for campaign, figures in campaigns.items():
+                total = totals.setdefault(campaign, [0.0] * FIGURE_COUNT)
+                for i, value in enumerate(figures):
+                    total[i] += value
+        return {campaign: _figures(values) for campaign, values in totals.items()}
+
+
+def channel_figures(campaigns: dict[str, Figures]) -> Figures:
+    total = Figures()
+    for figures in campaigns.values():
+        total = total + figures
+    return total
+
+
+def _figures(values: list[float]) -> Figures:
+    return Figures(int(round(values[IMPRESSIONS])), int(round(values[CLICKS])), *values[LEADS:])

@@ -1,0 +1,61 @@
+"""`attribution worker`: the Faust worker, on the configured Kafka or the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from argparse import Namespace
+
+from streams.config import Settings
+from streams.observability import configure_logging
+
+log = logging.getLogger(__name__)
+EMBEDDED_SESSION_TIMEOUT_S = 3.0  # Tansu makes a group join wait out the session timeout
+
+
+def run(settings: Settings, args: Namespace | None = None) -> int:
+    import faust
+
+    from streams.app import build
+    from streams.embedded import resolve_bootstrap
+    from streams.kafka import ensure_topics, wait_for_broker
+    from streams.store import open_store
+
+    configure_logging(settings.log_level)
+    bootstrap, embedded = resolve_bootstrap(settings)
+    try:
+        try:
+            asyncio.run(_prepare(bootstrap, settings, wait_for_broker, ensure_topics))
+        except TimeoutError as exc:
+            print(f"attribution worker: {exc}", file=sys.stderr)
+            return 1
+        session_timeout = EMBEDDED_SESSION_TIMEOUT_S if embedded is not None else 10.0
+        wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
+        log.warning("worker starting on %s (model %s, web port %d)", bootstrap, settings.attribution_model,
+                    settings.web_port)
+        worker = faust.Worker(wiring.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+        _keep_log_levels(settings.log_level)
+        worker.execute_from_commandline()
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _prepare(bootstrap: str, settings: Settings, wait_for_broker, ensure_topics) -> None:
+    await wait_for_broker(bootstrap)
+    await ensure_topics(bootstrap, settings.topic_partitions)
+
+
+def _keep_log_levels(level: str) -> None:
+    """mode's Worker installs its own logging at start; keep our explicit levels afterwards too."""
+    import mode
+
+    original = mode.Worker._setup_logging
+
+    def setup_logging(self: object) -> None:
+        original(self)
+        configure_logging(level)
+
+    mode.Worker._setup_logging = setup_logging  # type: ignore[method-assign]
