@@ -1,0 +1,116 @@
+"""Session fixtures for the real services: Apache Kafka, Redis, the embedded Tansu broker, workers.
+
+A missing Java, Maven or Redis is a failure, not a skip: CI runs these tests (see `make test`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:  # `tests.integration.services` without installing the tests
+    sys.path.insert(0, str(_ROOT))
+
+from streams.embedded import EmbeddedBroker, EmbeddedBrokerError  # noqa: E402
+from tests.integration.services import (  # noqa: E402
+    KafkaBroker,
+    RedisServer,
+    ServiceError,
+    WorkerProcess,
+    fetch_kafka,
+)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KafkaBroker]]:
+    """Start a private Apache Kafka broker (free port, own data dir); all are stopped at the end.
+
+    For tests that stop, restart or kill a broker without disturbing the shared one.
+    """
+    brokers: list[KafkaBroker] = []
+
+    def start() -> KafkaBroker:
+        try:
+            fetch_kafka()
+            broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+            brokers.append(broker)
+            broker.start()
+        except ServiceError as exc:
+            pytest.fail(f"Apache Kafka could not be started: {exc}", pytrace=False)
+        return broker
+
+    yield start
+    errors = []
+    for broker in brokers:
+        try:
+            broker.stop()
+        except ServiceError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("stopping Kafka brokers failed:\n" + "\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_broker_factory: Callable[[], KafkaBroker]) -> KafkaBroker:
+    """The shared Apache Kafka 4.1.1 broker of the session (`deploy/kafka/kafka.sh`)."""
+    return kafka_broker_factory()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """`127.0.0.1:PORT` of the shared Apache Kafka broker."""
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`redis://127.0.0.1:PORT/0` of a session redis-server (`deploy/redis/redis.sh`), in memory only."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        url = server.start()
+    except ServiceError as exc:
+        pytest.fail(f"Redis could not be started: {exc}", pytrace=False)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The embedded Tansu broker (`streams.embedded`), as `attribution demo` runs it."""
+    broker = EmbeddedBroker(run_dir=tmp_path_factory.mktemp("tansu"))
+    try:
+        broker.start()
+    except EmbeddedBrokerError as exc:
+        pytest.fail(f"the embedded broker could not be started: {exc}", pytrace=False)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(tansu_broker: EmbeddedBroker) -> str:
+    return tansu_broker.bootstrap
+
+
+@pytest.fixture
+def make_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """`make_worker(bootstrap=..., env={...}, name=...)` -> a started WorkerProcess; all are stopped after the test.
+
+    Logs and state dirs go to the test's tmp_path; a worker's log is printed when the test fails
+    (pytest shows captured output of failing tests).
+    """
+    workers: list[WorkerProcess] = []
+
+    def make(**kwargs: object) -> WorkerProcess:
+        kwargs.setdefault("log_dir", tmp_path)
+        worker = WorkerProcess(**kwargs)  # type: ignore[arg-type]
+        workers.append(worker)
+        return worker.start()
+
+    yield make
+    for worker in workers:
+        worker.stop(timeout=15)
+        print(f"--- {worker.name} log ({worker.log_path}) ---\n{worker.tail(80)}")
