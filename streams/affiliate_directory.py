@@ -14,6 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
+from streams.affiliates import parse_affiliate
 from streams.attribution import Affiliate
 from streams.kafka import AFFILIATES_TOPIC
 
@@ -25,17 +26,13 @@ def parse_affiliate_record(raw: bytes | None) -> Affiliate | None:
     if not raw:
         return None
     try:
-        record = orjson.loads(raw)
-        return Affiliate(
-            str(record["affiliate_id"]),
-            str(record["channel"]),
-            tuple(str(code) for code in record.get("promo_codes") or ()),
-            float(record.get("commission_rate") or 0.0),
-            float(record.get("assist_fee") or 0.0),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("ignoring an affiliate record that is not valid: %r", raw[:120])
+        result = parse_affiliate(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        result = "not JSON"
+    if isinstance(result, str):
+        log.warning("ignoring an affiliate record that is not valid (%s): %r", result, raw[:120])
         return None
+    return result
 
 
 class AffiliateDirectory(Service):

@@ -8,6 +8,14 @@
                                   │ metrics: sum the partials, throttle, close windows
                                   ▼
                  metrics.channel · metrics.campaign   (+ Redis/in-process store for the read API)
+                                  │ signals: trailing SIGNAL_WINDOW per key ──► signals
+ journeys ──► attribution-customer-orders (by customer_id)
+                                  │ ltv customers: acquisition by the first order, per-partition sums
+                                  ▼
+                 attribution-ltv-partials (by channel; absolute sums per source partition)
+                                  │ ltv channels: + cumulative spend from metrics.channel
+                                  ▼
+                 metrics.ltv   (+ the store for GET /api/v1/ltv)
 
 Tables choose their changelog partition from the key with the same murmur2 the intake uses
 to route events, so a key's state always lives with the partition that reads its events.
@@ -15,6 +23,8 @@ to route events, so a key's state always lives with the partition that reads its
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +41,24 @@ from streams.kafka import (
     DLQ_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
+    METRICS_LTV_TOPIC,
+    SIGNALS_TOPIC,
 )
 from streams.observability import WorkerMetrics
+from streams.pushgateway import Pusher
 from streams.store import Store
 
 APP_ID = "attribution"
 JOURNEY_TOPIC = "attribution-journey-events"
 PARTIALS_TOPIC = "attribution-metric-partials"
+CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
+LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 FETCH_MAX_WAIT_MS = 10
+TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys")
+# Created before Faust starts: a producer's first send must never auto-create one of these with the
+# broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
+INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC)
+CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -77,6 +97,7 @@ class Wiring:
     inputs: Any = None
     journey_events: Any = None
     partials_topic: Any = None
+    customer_orders: Any = None
     attributions: Any = None
     dlq: Any = None
     metrics_channel: Any = None
@@ -84,6 +105,14 @@ class Wiring:
     journeys: Any = None
     partials: Any = None
     channel_windows: Any = None
+    ltv_partials_topic: Any = None  # lifetime value (section 7): agents/ltv.py
+    ltv_channel_inputs: Any = None
+    metrics_ltv: Any = None
+    ltv_customers: Any = None
+    ltv_channels: Any = None
+    signal_inputs: Any = None  # switch-off signals (section 7): agents/signals.py
+    signals: Any = None
+    signal_keys: Any = None
     affiliates: AffiliateDirectory | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +157,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.inputs = app.topic(*INPUT_TOPICS, key_type=bytes, value_type=bytes)
     wiring.journey_events = app.topic(JOURNEY_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.partials_topic = app.topic(PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.customer_orders = app.topic(CUSTOMER_ORDERS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.attributions = app.topic(ATTRIBUTIONS_TOPIC, partitions=n)
     wiring.dlq = app.topic(DLQ_TOPIC, partitions=n)
     wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
@@ -137,14 +167,32 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.split("|", 1)[0]))
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
+    if settings.prometheus_pushgateway:
+        app.service(Pusher(settings.prometheus_pushgateway, instance_name(settings), registry))
 
-    from streams.agents import intake, journeys, metrics, web
+    from streams.agents import intake, journeys, ltv, metrics, signals, web
+
+    wiring.ltv_partials_topic = app.topic(LTV_PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.ltv_channel_inputs = app.topic(LTV_PARTIALS_TOPIC, METRICS_CHANNEL_TOPIC, key_type=bytes, value_type=bytes)
+    wiring.metrics_ltv = app.topic(METRICS_LTV_TOPIC, partitions=n)
+    wiring.ltv_customers = _table(app, "ltv-customers", n, ltv.key_partition)
+    wiring.ltv_channels = _table(app, "ltv-channels", n, wiring.partition_of)
+    wiring.signal_inputs = app.topic(METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC, key_type=bytes, value_type=bytes)
+    wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
+    wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
 
     intake.register(wiring)
     journeys.register(wiring)
     metrics.register(wiring)
+    ltv.register(wiring)
+    signals.register(wiring)
     web.register(wiring)
     return wiring
+
+
+def instance_name(settings: Settings) -> str:
+    """This worker's name in Prometheus groups and watermark reports: WORKER_NAME, else host-pid."""
+    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _table(app: faust.App, name: str, partitions: int, partition_for: Callable[[str], int]) -> KeyPartitionedTable:

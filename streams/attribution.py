@@ -89,7 +89,10 @@ def weights(model: Model, journey: Sequence[Touchpoint], conversion_ts: int, hal
     if model == "linear":
         return [1.0 / n] * n
     if model == "time_decay":
-        raw = [2.0 ** (-(conversion_ts - t.ts) / half_life_ms) for t in journey]
+        # 2^(-age/half-life) scaled by 2^(age of the newest touchpoint/half-life): the same shares once
+        # normalised, but the newest weighs 1, so old journeys and short half-lives cannot underflow to 0/0.
+        newest = max(t.ts for t in journey)
+        raw = [2.0 ** (-(newest - t.ts) / half_life_ms) for t in journey]
         total = sum(raw)
         return [w / total for w in raw]
     if model == "position_based":

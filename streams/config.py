@@ -6,6 +6,7 @@ turns that into a one-line message and exit status 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -41,8 +42,8 @@ def parse_fx_rates(text: str) -> dict[str, float]:
         if not sep or not _CURRENCY.match(code):
             raise ValueError(f"expected CODE=rate items like EUR=1.08, got {item!r}")
         rate = float(value)
-        if not rate > 0:
-            raise ValueError(f"rate of {code} must be > 0, got {value.strip()!r}")
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate of {code} must be a finite number > 0, got {value.strip()!r}")
         rates[code] = rate
     return rates
 
@@ -82,6 +83,7 @@ class Settings:
     fx_rates: Mapping[str, float] = field(default_factory=dict)
     # Not in the contract: engine tuning with safe defaults.
     attribution_grace_ms: int = 2_000
+    kafka_session_timeout_ms: int = 10_000
     campaign_label_cap: int = 200
     log_level: str = "WARNING"
     worker_name: str = ""
@@ -116,11 +118,12 @@ class Settings:
             default_margin=reader.get("DEFAULT_MARGIN", 1.0, _unit_interval),
             signal_window_ms=reader.get("SIGNAL_WINDOW", "1h", _positive_duration),
             signal_min_spend=reader.get("SIGNAL_MIN_SPEND", 50.0, _non_negative),
-            romi_floor=reader.get("ROMI_FLOOR", 0.0, float),
-            romi_scale=reader.get("ROMI_SCALE", 1.0, float),
+            romi_floor=reader.get("ROMI_FLOOR", 0.0, _finite),
+            romi_scale=reader.get("ROMI_SCALE", 1.0, _finite),
             customer_retention_ms=reader.get("CUSTOMER_RETENTION", "400d", _positive_duration),
             fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
             attribution_grace_ms=reader.get("ATTRIBUTION_GRACE", "2s", parse_duration_ms),
+            kafka_session_timeout_ms=reader.get("KAFKA_SESSION_TIMEOUT", "10s", _positive_duration),
             campaign_label_cap=reader.get("CAMPAIGN_LABEL_CAP", 200, _positive_int),
             log_level=reader.get("LOG_LEVEL", "WARNING", _log_level),
             worker_name=reader.get("WORKER_NAME", "", str),
@@ -165,8 +168,15 @@ def _positive_duration(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> float:
+def _finite(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
     if not value >= 0:
         raise ValueError(f"must be >= 0, got {text!r}")
     return value

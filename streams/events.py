@@ -10,7 +10,7 @@ between stages as plain JSON arrays (`list(event)`) and come back with `from_row
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +22,8 @@ from streams.config import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 NONE_CAMPAIGN = "(none)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 # input topic -> event type its events must have
 TOPIC_TYPES = {"impressions": "impression", "clicks": "click", "leads": "lead", "orders": "order", "spend": "spend"}
@@ -113,7 +115,8 @@ def decode(raw: bytes | None) -> list[tuple[int | None, Any]] | Rejection:
         return list(enumerate(value))
     if isinstance(value, list):
         return Rejection("empty array: expected event objects", None)
-    return Rejection(f"expected a JSON object or an array of objects, got {type(value).__name__} {_short(value)}", None)
+    found = f"{type(value).__name__} {short_repr(value)}"
+    return Rejection(f"expected a JSON object or an array of objects, got {found}", None)
 
 
 def validate(obj: Any, topic: str, settings: Settings) -> Event | str:
@@ -122,13 +125,13 @@ def validate(obj: Any, topic: str, settings: Settings) -> Event | str:
     if kind is None:
         return f"unknown input topic {topic!r}"
     if not isinstance(obj, dict):
-        return f"expected an event object, got {type(obj).__name__} {_short(obj)}"
+        return f"expected an event object, got {type(obj).__name__} {short_repr(obj)}"
     if obj.get("type") != kind and isinstance(obj.get("type"), str):
         return f"type must be {kind!r} on topic {topic}, got {obj['type']!r}"
     try:
         _validator(kind)(obj)
     except fastjsonschema.JsonSchemaValueException as exc:
-        return _schema_error(exc)
+        return schema_error(exc)
     try:
         return _normalise(kind, obj, settings)
     except ValueError as exc:
@@ -151,17 +154,28 @@ def parse_message(raw: bytes | None, topic: str, settings: Settings) -> tuple[li
     return events, rejections
 
 
-def parse_ts(value: int | str) -> int:
-    """An already schema-checked `ts` -> epoch milliseconds."""
+def parse_ts(value: int | float | str) -> int:
+    """An already schema-checked `ts` -> epoch milliseconds.
+
+    The schema's `integer` admits 1763800000000.0 (JSON Schema counts a float with no fraction
+    as an integer), and RFC 3339 admits a lower-case `t` and `z`: both are taken as they mean.
+    """
     if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"ts must be integer epoch milliseconds, got {value!r}")
+        return int(value)
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
         raise ValueError(f"ts is not a valid ISO-8601 date-time, got {value!r}") from None
     if moment.tzinfo is None:
         raise ValueError(f"ts needs a UTC offset (like Z or +02:00), got {value!r}")
-    return int(moment.timestamp() * 1000)
+    ms = (moment - _EPOCH) // _ONE_MS  # exact integer arithmetic: no float rounding of the milliseconds
+    if ms < 0:
+        raise ValueError(f"ts must be at or after 1970-01-01T00:00:00Z, got {value!r}")
+    return ms
 
 
 def to_reporting(amount: float, currency: str | None, settings: Settings, field: str) -> float:
@@ -214,7 +228,7 @@ def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
     )
 
 
-def _schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
+def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
     field = (exc.name or "data").removeprefix("data").lstrip(".") or "event"
     message = exc.message.removeprefix(exc.name or "").strip()
     if exc.rule == "required":
@@ -223,9 +237,9 @@ def _schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
         return f"missing required field(s): {', '.join(missing)}"
     if exc.rule in ("oneOf", "anyOf") and "description" in exc.definition:
         message = f"must be {exc.definition['description']}"
-    return f"{field} {message}, got {_short(exc.value)}"
+    return f"{field} {message}, got {short_repr(exc.value)}"
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

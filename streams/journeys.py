@@ -15,12 +15,14 @@ from a true repeat of the event ("duplicate", counted once, never again).
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from streams.attribution import Touchpoint
 from streams.events import Lead, Order, Touch
+from streams.watermarks import SourceWatermarks
 
 SEQ_PER_MESSAGE = 1024  # at most this many events in one internal message
 SPEND_KEY_PREFIX = "\x00spend/"
@@ -69,7 +71,7 @@ class Journey:
         )
 
     def admit(self, ids: list[str], seq: int, ts: int) -> Admission:
-        """Judge an event by its ids (event_id, plus `order:<order_id>` for orders) and remember it."""
+        """Judge an event by its ids (see `event_ids`) and remember it."""
         hashes = [id_hash(i) for i in ids]
         for h in hashes:
             earlier = self.seen.get(h)
@@ -99,6 +101,8 @@ class Journey:
     def earlier_order_pending(self, order: Order) -> bool:
         """Another order of the same customer with an earlier (ts, event_id) still waits here: that
         one, not this, is the customer's first order (input topics are not ordered with each other)."""
+        if order.customer_id is None:
+            return False  # no customer, no first order
         mine = (order.ts, order.event_id)
         return any(
             row[0] == "o" and row[8] == order.customer_id and (row[2], row[1]) < mine for _, row in self.pending
@@ -120,6 +124,57 @@ class Journey:
 
 
 def event_ids(event: Touch | Lead | Order) -> list[str]:
+    """The ids a repeat is recognised by: the event_id, and for an order its order_id too.
+    Prefixed so that an event_id can never collide with an order_id of the same text."""
     if isinstance(event, Order):
-        return [event.event_id, f"order:{event.order_id}"]
-    return [event.event_id]
+        return [f"e:{event.event_id}", f"o:{event.order_id}"]
+    return [f"e:{event.event_id}"]
+
+
+class GraceQueue:
+    """Conversions waiting for their touchpoints, per journey partition, in arrival order.
+
+    A conversion with event time T is ready when it has waited the grace (wall clock) and
+    every live intake reports its touchpoint partitions read past T (see streams.watermarks).
+    No conversion waits longer than `max_hold_s`, whatever the reports say: a source that is
+    stuck or far behind must not hold attribution back forever. Within a partition conversions
+    leave in arrival order, which the partial sums' sequence marks rely on.
+    """
+
+    def __init__(self, grace_s: float, max_hold_s: float, sources: SourceWatermarks) -> None:
+        self.grace_s = grace_s
+        self.max_hold_s = max_hold_s
+        self.sources = sources
+        self.waiting: dict[int, deque[tuple[float, float, str, int, int]]] = {}  # (due, hold_until, key, seq, ts)
+        self.queued: set[tuple[str, int]] = set()
+
+    def __len__(self) -> int:
+        return len(self.queued)
+
+    def add(self, partition: int, key: str, seq: int, ts: int, now: float) -> None:
+        if (key, seq) in self.queued:
+            return
+        self.queued.add((key, seq))
+        self.waiting.setdefault(partition, deque()).append((now + self.grace_s, now + self.max_hold_s, key, seq, ts))
+
+    def ready(self, now: float, partitions: set[int]) -> list[tuple[int, str, int]]:
+        out: list[tuple[int, str, int]] = []
+        for partition in partitions & self.waiting.keys():
+            queue = self.waiting[partition]
+            watermark = self.sources.watermark(partition, now)
+            while queue:
+                due, hold_until, key, seq, ts = queue[0]
+                passed = watermark is not None and watermark >= ts
+                if now < due or not (passed or now >= hold_until):
+                    break
+                queue.popleft()
+                self.queued.discard((key, seq))
+                out.append((partition, key, seq))
+        return out
+
+    def put_back(self, items: list[tuple[int, str, int, int]], now: float, delay_s: float) -> None:
+        """Items (partition, key, seq, ts) that were ready but could not be attributed: retried first."""
+        for partition, key, seq, ts in reversed(items):
+            self.queued.add((key, seq))
+            retry = now + delay_s
+            self.waiting.setdefault(partition, deque()).appendleft((retry, retry, key, seq, ts))

@@ -42,13 +42,19 @@ def make_producer(bootstrap: str, *, idempotent: bool = False, linger_ms: int = 
     )
 
 
-async def ensure_topics(bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS) -> None:
-    """Create the contract's topics that do not exist yet (`affiliates` compacted, one partition)."""
+async def ensure_topics(
+    bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS, compacted: tuple[str, ...] = ()
+) -> None:
+    """Create the topics that do not exist yet (`affiliates` compacted, one partition)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        compact = {"cleanup.policy": "compact"}
+        wanted = [
+            NewTopic(name, partitions, 1, topic_configs=compact if name in compacted else {})
+            for name in (*names, *compacted) if name not in existing
+        ]
         if AFFILIATES_TOPIC not in existing:
             wanted.append(NewTopic(AFFILIATES_TOPIC, 1, 1, topic_configs={"cleanup.policy": "compact"}))
         for topic in wanted:
@@ -76,3 +82,18 @@ async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
         finally:
             await admin.close()
     raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s: {last_error}")
+
+
+async def partition_counts(bootstrap: str, names: tuple[str, ...], timeout_s: float = 15.0) -> dict[str, int]:
+    """Partitions per topic, waiting out a fresh topic's metadata (Kafka reports 0 just after creating it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(list(names))}
+            if all(counts.get(name) for name in names) or asyncio.get_running_loop().time() > deadline:
+                return counts
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

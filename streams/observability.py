@@ -46,6 +46,7 @@ class WorkerMetrics:
         self.clicks = counter("attribution_clicks_total", "Clicks by the touchpoint's channel")
         self.leads = counter("attribution_leads_total", "Attributed lead credit")
         self.orders = counter("attribution_orders_total", "Attributed order credit")
+        self.new_customers = counter("attribution_new_customers_total", "Attributed first orders of customers")
         self.revenue = counter("attribution_revenue_total", "Attributed revenue, reporting currency")
         self.spend = counter("attribution_spend_total", "Spend (spend reports plus per-event cost)")
         self.gross_profit = counter("attribution_gross_profit_total", "Attributed gross profit (revenue x margin)")
@@ -58,10 +59,20 @@ class WorkerMetrics:
         self.lag = Histogram(
             "attribution_event_lag_seconds", "Event time to processed", buckets=LAG_BUCKETS, registry=registry
         )
+        self.consumer_lag = Gauge(
+            "attribution_consumer_lag", "Input messages not read yet, per owned partition", ("topic", "partition"),
+            registry=registry,
+        )
         self.signal = Gauge(
             "attribution_signal", "1 for the current action of a key", ("channel", "campaign", "action"),
             registry=registry,
         )
+        # Lifetime value by acquisition channel (metrics.ltv), set by the worker that owns the channel.
+        self.ltv_clv = Gauge("attribution_ltv_clv", "Revenue per acquired customer, cumulative", ("channel",),
+                             registry=registry)
+        self.ltv_cac = Gauge("attribution_ltv_cac", "Spend per acquired customer, cumulative", ("channel",),
+                             registry=registry)
+        self.ltv_ltv_cac = Gauge("attribution_ltv_ltv_cac", "clv / cac, cumulative", ("channel",), registry=registry)
 
     def count(self, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
         if amount:

@@ -19,18 +19,19 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 
     from streams.app import build
     from streams.embedded import resolve_bootstrap
-    from streams.kafka import ensure_topics, wait_for_broker
     from streams.store import open_store
 
     configure_logging(settings.log_level)
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         try:
-            asyncio.run(_prepare(bootstrap, settings, wait_for_broker, ensure_topics))
-        except TimeoutError as exc:
+            asyncio.run(_prepare(bootstrap, settings))
+        except (TimeoutError, PartitionMismatch) as exc:
             print(f"attribution worker: {exc}", file=sys.stderr)
             return 1
-        session_timeout = EMBEDDED_SESSION_TIMEOUT_S if embedded is not None else 10.0
+        session_timeout = settings.kafka_session_timeout_ms / 1000
+        if embedded is not None:
+            session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
         wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
         log.warning("worker starting on %s (model %s, web port %d)", bootstrap, settings.attribution_model,
                     settings.web_port)
@@ -43,9 +44,25 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
             embedded.stop()
 
 
-async def _prepare(bootstrap: str, settings: Settings, wait_for_broker, ensure_topics) -> None:
+async def _prepare(bootstrap: str, settings: Settings) -> None:
+    """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
+    from streams.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
+    from streams.kafka import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
+
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions)
+    await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
+    counts = await partition_counts(bootstrap, INTERNAL_TOPICS + CHANGELOG_TOPICS)
+    wrong = {name: n for name, n in counts.items() if n != settings.topic_partitions}
+    if wrong:
+        found = ", ".join(f"{name} has {n}" for name, n in sorted(wrong.items()))
+        raise PartitionMismatch(
+            f"TOPIC_PARTITIONS={settings.topic_partitions} but {found} partitions; the engine's state is "
+            "partitioned like these topics: set TOPIC_PARTITIONS to match, or delete the internal topics"
+        )
+
+
+class PartitionMismatch(RuntimeError):
+    pass
 
 
 def _keep_log_levels(level: str) -> None:

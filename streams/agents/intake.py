@@ -1,23 +1,31 @@
 """Intake: input topics -> validated, normalised events re-keyed by tracking ID (spend by channel).
 
 Stateless and thin: `streams.events` decides; this agent only moves bytes. Valid events of a
-batch go out as one message per destination partition (JSON array of [key, event row]), so
-the next stage pays Faust's per-message cost once per batch, not once per event.
+batch go out as one message per destination partition, so the next stage pays Faust's
+per-message cost once per batch, not once per event. Each message, and a heartbeat to every
+partition, carries this intake's touchpoint watermark (see `streams.watermarks`):
+
+    {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>, "e": [[key, row], ...]}
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
 import orjson
 
-from streams.app import Wiring
-from streams.events import TOPIC_TYPES, Spend, parse_message
+from streams.app import Wiring, instance_name
+from streams.events import TOPIC_TYPES, Spend, Touch, parse_message
 from streams.journeys import SEQ_PER_MESSAGE, SPEND_KEY_PREFIX
+from streams.watermarks import TouchProgress
 
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.02
+HEARTBEAT_INTERVAL_S = 0.2
+LAG_REPORT_INTERVAL_S = 5.0
+TOUCH_TOPICS = ("impressions", "clicks")
 
 
 def route_key(event: Any) -> str:
@@ -32,28 +40,87 @@ def dlq_record(error: str, topic: str, partition: int, offset: int, index: int |
     )
 
 
+class Intake:
+    def __init__(self, w: Wiring) -> None:
+        self.w = w
+        self.source = instance_name(w.settings)
+        self.progress = TouchProgress()
+        self.invalid = {topic: w.metrics.events.labels(kind, "invalid") for topic, kind in TOPIC_TYPES.items()}
+        self.last_lag_report = 0.0
+        self.reported_lag: set[tuple[str, str]] = set()
+
+    async def handle(self, batch: list[Any]) -> None:
+        routed: dict[int, list[list[Any]]] = defaultdict(list)
+        for event in batch:
+            message = event.message
+            valid, rejections = parse_message(message.value, message.topic, self.w.settings)
+            for rejection in rejections:
+                self.invalid[message.topic].inc()
+                record = dlq_record(
+                    rejection.error, message.topic, message.partition, message.offset, rejection.index, message.value
+                )
+                await self.w.dlq.send(value=record)
+            for item in valid:
+                key = route_key(item)
+                routed[self.w.partition_of(key)].append([key, list(item)])
+            if message.topic in TOUCH_TOPICS:
+                touch_ts = max((item.ts for item in valid if isinstance(item, Touch)), default=None)
+                self.progress.saw(message.tp, message.offset, touch_ts)
+        watermark = self.watermark()
+        for partition, items in routed.items():
+            for start in range(0, len(items), SEQ_PER_MESSAGE):
+                await self.send(partition, watermark, items[start : start + SEQ_PER_MESSAGE])
+
+    async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
+        value = orjson.dumps({"src": self.source, "wm": watermark, "e": items})
+        await self.w.journey_events.send(value=value, partition=partition)
+
+    def watermark(self) -> int:
+        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in TOUCH_TOPICS}
+        self.progress.forget(owned)
+        consumer = self.w.app.consumer
+        return self.progress.watermark(owned, consumer.highwater, lambda tp: _position(consumer, tp))
+
+    async def heartbeat(self) -> None:
+        """Tell every journey partition how far this intake has read, even when nothing is routed there."""
+        watermark = self.watermark()
+        for partition in range(self.w.settings.topic_partitions):
+            await self.send(partition, watermark, [])
+        if time.monotonic() - self.last_lag_report >= LAG_REPORT_INTERVAL_S:
+            self.last_lag_report = time.monotonic()
+            self.report_consumer_lag()
+
+    def report_consumer_lag(self) -> None:
+        consumer = self.w.app.consumer
+        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES}
+        gauge = self.w.metrics.consumer_lag
+        for tp in owned:
+            end, position = consumer.highwater(tp), _position(consumer, tp)
+            if end is not None and position is not None:
+                gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+        for labels in list(self.reported_lag - {(tp.topic, str(tp.partition)) for tp in owned}):
+            gauge.remove(*labels)  # a partition given away in a rebalance is another worker's to report
+        self.reported_lag = {(tp.topic, str(tp.partition)) for tp in owned}
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    """The next offset the consumer will read from tp, where aiokafka knows it (None otherwise)."""
+    try:
+        state = consumer._thread._ensure_consumer()._subscription.subscription.assignment.state_value(tp)
+        return None if state is None or not state.has_valid_position else state.position
+    except (AttributeError, AssertionError, KeyError):
+        return None
+
+
 def register(w: Wiring) -> None:
-    settings = w.settings
-    invalid = {topic: w.metrics.events.labels(kind, "invalid") for topic, kind in TOPIC_TYPES.items()}
+    intake = Intake(w)
+    w.state["intake"] = intake
 
     @w.app.agent(w.inputs, name="intake")
-    async def intake(stream: Any) -> None:
+    async def intake_agent(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            routed: dict[int, list[list[Any]]] = defaultdict(list)
-            for event in batch:
-                message = event.message
-                valid, rejections = parse_message(message.value, message.topic, settings)
-                for rejection in rejections:
-                    invalid[message.topic].inc()
-                    record = dlq_record(
-                        rejection.error, message.topic, message.partition, message.offset, rejection.index,
-                        message.value,
-                    )
-                    await w.dlq.send(value=record)
-                for item in valid:
-                    key = route_key(item)
-                    routed[w.partition_of(key)].append([key, list(item)])
-            for partition, items in routed.items():
-                for start in range(0, len(items), SEQ_PER_MESSAGE):
-                    chunk = orjson.dumps(items[start : start + SEQ_PER_MESSAGE])
-                    await w.journey_events.send(value=chunk, partition=partition)
+            await intake.handle(batch)
+
+    @w.app.timer(HEARTBEAT_INTERVAL_S, name="intake-heartbeat")
+    async def heartbeat() -> None:
+        await intake.heartbeat()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -19,7 +19,9 @@ from streams.app import Wiring
 from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
 from streams.events import Lead, Order, Spend, Touch, from_row
-from streams.journeys import Admission, Journey, event_ids, seq_of
+from streams.journeys import Admission, GraceQueue, Journey, event_ids, seq_of
+from streams.observability import OUTCOMES
+from streams.watermarks import SourceWatermarks
 from streams.windows import (
     CLICKS,
     GROSS_PROFIT,
@@ -42,6 +44,10 @@ BATCH_WITHIN_S = 0.02
 DUE_INTERVAL_S = 0.1
 SNAPSHOT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 30.0
+SOURCE_STALE_S = 5.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
+MAX_HOLD_S = 15.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
+STORE_RETRY_S = 1.0
+FUTURE_TOLERANCE_MS = 300_000
 TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
 
 
@@ -54,23 +60,27 @@ class JourneyStage:
         self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
         self.touch_horizon_ms = s.longest_lookback_ms + s.allowed_lateness_ms
         self.watermarks: dict[int, int] = defaultdict(int)  # journey partition -> max event ts seen
-        self.due: deque[tuple[float, int, str, int]] = deque()  # (due monotonic s, partition, key, seq)
-        self.queued: set[tuple[str, int]] = set()
+        self.sources = SourceWatermarks(stale_after_s=SOURCE_STALE_S)
+        grace_s = s.attribution_grace_ms / 1000
+        self.grace = GraceQueue(grace_s, max(MAX_HOLD_S, 5 * grace_s), self.sources)
         self.dirty_partials: set[str] = set()
         self.store_down_since: float | None = None
         m = w.metrics
-        self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in m_outcomes()}
+        self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in OUTCOMES}
 
     # -- batches of journey events -------------------------------------------------------------
     def absorb_batch(self, batch: list[Any]) -> None:
         journeys: dict[str, Journey] = {}
         partials: dict[str, Partial] = {}
         now_ms = time.time() * 1000
+        now = time.monotonic()
         for event in batch:
             partition, offset = event.message.partition, event.message.offset
-            for position, (key, row) in enumerate(orjson.loads(event.message.value)):
+            message = orjson.loads(event.message.value)
+            for position, (key, row) in enumerate(message["e"]):
                 item = from_row(row)
                 self.absorb(partition, seq_of(offset, position), key, item, journeys, partials, now_ms)
+            self.sources.report(partition, message["src"], message["wm"], now)
         for key, journey in journeys.items():
             journey.prune(self.touch_horizon_ms, self.w.settings.dedup_window_ms)
             self.w.journeys[key] = journey.to_row()
@@ -82,7 +92,9 @@ class JourneyStage:
     ) -> None:
         s = self.w.settings
         kind = item.kind
-        watermark = self.watermarks[partition] = max(self.watermarks[partition], item.ts)
+        # a clock far in the future must not close every window: the watermark never runs ahead of now
+        watermark = max(self.watermarks[partition], min(item.ts, int(now_ms) + FUTURE_TOLERANCE_MS))
+        self.watermarks[partition] = watermark
         if is_closed(window_start(item.ts, s.metrics_window_ms), s.metrics_window_ms, watermark, s.allowed_lateness_ms):
             self.outcome[kind, "late"].inc()
             return
@@ -104,7 +116,7 @@ class JourneyStage:
             self.count_touch_or_spend(partition, seq, item, partials, admission)
         elif admission is Admission.NEW:
             journey.add_pending(seq, item)
-            self.enqueue(partition, key, seq)
+            self.grace.add(partition, key, seq, item.ts, time.monotonic())
 
     def count_touch_or_spend(
         self, partition: int, seq: int, item: Touch | Spend, partials: dict[str, Partial], admission: Admission
@@ -138,41 +150,28 @@ class JourneyStage:
             self.dirty_partials.add(key)
 
     # -- conversions after the grace -----------------------------------------------------------
-    def enqueue(self, partition: int, key: str, seq: int, delay_s: float | None = None) -> None:
-        if (key, seq) in self.queued:
-            return
-        self.queued.add((key, seq))
-        grace = self.w.settings.attribution_grace_ms / 1000 if delay_s is None else delay_s
-        self.due.append((time.monotonic() + grace, partition, key, seq))
-
     def requeue_pending(self, partitions: set[int]) -> None:
         """After recovery: every pending conversion of these partitions waits the grace again."""
         found = []
         for key, row in list(self.w.journeys.data.items()):
             partition = self.w.partition_of(key)
             if partition in partitions and row and row[2]:
-                found += [(seq, partition, key) for seq, _ in row[2]]
-        for seq, partition, key in sorted(found):
-            self.enqueue(partition, key, seq)
+                found += [(seq, partition, key, conversion[2]) for seq, conversion in row[2]]
+        now = time.monotonic()
+        for seq, partition, key, ts in sorted(found):
+            self.grace.add(partition, key, seq, ts, now)
         if found:
             log.info("recovered %d pending conversions on partitions %s", len(found), sorted(partitions))
 
     async def attribute_due(self) -> None:
-        now = time.monotonic()
-        ready: list[tuple[int, str, int]] = []
-        assigned = self.w.assigned(self.w.journey_events.get_topic_name())
-        while self.due and self.due[0][0] <= now:
-            _, partition, key, seq = self.due.popleft()
-            self.queued.discard((key, seq))
-            if partition in assigned:
-                ready.append((partition, key, seq))
+        ready = self.grace.ready(time.monotonic(), self.w.assigned(self.w.journey_events.get_topic_name()))
         if not ready:
             return
         conversions, not_first = self.load_conversions(ready)
         try:
             first_orders = await self.first_orders(conversions, not_first)
         except Exception as exc:  # noqa: BLE001 - the store is down: conversions wait, nothing is lost
-            self.store_unavailable(exc, ready)
+            self.store_unavailable(exc, conversions)
             return
         self.apply(conversions, first_orders)
 
@@ -205,13 +204,12 @@ class JourneyStage:
             self.store_down_since = None
         return {event_id: first for (_, event_id), first in zip(orders, answers, strict=True)}
 
-    def store_unavailable(self, exc: Exception, ready: list[tuple[int, str, int]]) -> None:
+    def store_unavailable(self, exc: Exception, conversions: list[tuple[int, str, int, Lead | Order]]) -> None:
         if self.store_down_since is None:
             self.store_down_since = time.monotonic()
             log.error("store unavailable (%s): conversions wait until it is back", exc)
-        for partition, key, seq in reversed(ready):
-            self.queued.add((key, seq))
-            self.due.appendleft((time.monotonic() + 1.0, partition, key, seq))
+        waiting = [(partition, key, seq, conversion.ts) for partition, key, seq, conversion in conversions]
+        self.grace.put_back(waiting, time.monotonic(), STORE_RETRY_S)
 
     def apply(self, conversions: list[tuple[int, str, int, Lead | Order]], first_orders: dict[str, bool]) -> None:
         affiliates, promo_codes = self.w.affiliates.by_id, self.w.affiliates.by_promo_code
@@ -227,6 +225,8 @@ class JourneyStage:
             self.w.attributions.send_soon(key=conversion.event_id.encode(), value=orjson.dumps(message))
             self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
             self.count_commissions(message["commissions"])
+            if isinstance(conversion, Order) and conversion.customer_id:
+                self.send_customer_order(partition, seq, conversion, message)
             self.w.metrics.lag.observe(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
         for key, journey in journeys.items():
             self.w.journeys[key] = journey.to_row()
@@ -271,10 +271,14 @@ class JourneyStage:
         is_order = isinstance(conversion, Order)
         revenue = conversion.revenue if is_order else 0.0
         margin = (s.default_margin if conversion.margin is None else conversion.margin) if is_order else 0.0
+        fresh: dict[str, bool] = {}  # partial key -> not absorbed before a restart (one check per conversion)
         for channel, campaign, _, weight in credited:
-            partial = self.partial(partials, partial_key(partition, window, channel))
-            if seq > partial.conversion_seq:
-                partial.conversion_seq = seq
+            key = partial_key(partition, window, channel)
+            partial = self.partial(partials, key)
+            if key not in fresh:
+                fresh[key] = seq > partial.conversion_seq
+                partial.conversion_seq = max(seq, partial.conversion_seq)
+            if fresh[key]:
                 if is_order:
                     partial.add(campaign, ORDERS, weight)
                     partial.add(campaign, REVENUE, weight * revenue)
@@ -286,8 +290,24 @@ class JourneyStage:
                 m.count(m.orders, channel, campaign, weight)
                 m.count(m.revenue, channel, campaign, weight * revenue)
                 m.count(m.gross_profit, channel, campaign, weight * revenue * margin)
+                if new_customer:
+                    m.count(m.new_customers, channel, campaign, weight)
             else:
                 m.count(m.leads, channel, campaign, weight)
+
+    def send_customer_order(self, partition: int, seq: int, order: Order, message: dict[str, Any]) -> None:
+        """Hand the order to the lifetime-value stage, keyed by customer: customers cross tracking IDs."""
+        record = {
+            "p": partition,
+            "seq": seq,
+            "event_id": order.event_id,
+            "ts": order.ts,
+            "revenue": order.revenue,
+            "gross_profit": order.revenue * message["margin"],
+            "new_customer": message["new_customer"],
+            "credits": [[c["channel"], c["weight"]] for c in message["credits"]],
+        }
+        self.w.customer_orders.send_soon(key=order.customer_id.encode(), value=orjson.dumps(record))
 
     def count_commissions(self, owed: list[dict[str, Any]]) -> None:
         for commission in owed:
@@ -320,12 +340,6 @@ class JourneyStage:
                 window, s.metrics_window_ms, self.watermarks[partition], s.allowed_lateness_ms
             ):
                 del self.w.partials[key]
-
-
-def m_outcomes() -> tuple[str, ...]:
-    from streams.observability import OUTCOMES
-
-    return OUTCOMES
 
 
 def credit_json(credit: Any, revenue: float) -> dict[str, Any]:

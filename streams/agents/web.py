@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.agents.ltv import LTV_NAMESPACE
 from streams.agents.metrics import KPI_NAMESPACE
 from streams.app import Wiring
 
@@ -19,6 +20,24 @@ def latest_kpis(stored: dict[str, bytes]) -> list[dict[str, Any]]:
     return out
 
 
+def latest_ltv(stored: dict[str, bytes]) -> list[dict[str, Any]]:
+    """The latest `metrics.ltv` message per channel, ordered by channel."""
+    return [orjson.loads(stored[channel]) for channel in sorted(stored)]
+
+
+def state_summary(w: Wiring) -> dict[str, Any]:
+    """Read-only sizes of the worker's state (for operators and tests): keys per table, conversions
+    waiting out the grace, and the journey partitions this worker owns."""
+    stage = w.state.get("journeys")
+    return {
+        "journeys": len(w.journeys.data),
+        "partials": len(w.partials.data),
+        "channel_windows": len(w.channel_windows.data),
+        "pending_conversions": len(stage.grace) if stage is not None else 0,
+        "journey_partitions": sorted(w.assigned(w.journey_events.get_topic_name())),
+    }
+
+
 def register(w: Wiring) -> None:
     @w.app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -28,3 +47,12 @@ def register(w: Wiring) -> None:
     async def kpis(web: Any, request: Any) -> Any:
         stored = await w.store.get_latest(KPI_NAMESPACE)
         return web.bytes(orjson.dumps(latest_kpis(stored)), content_type="application/json")
+
+    @w.app.page("/api/v1/state")
+    async def state(web: Any, request: Any) -> Any:
+        return web.bytes(orjson.dumps(state_summary(w)), content_type="application/json")
+
+    @w.app.page("/api/v1/ltv")
+    async def ltv(web: Any, request: Any) -> Any:
+        stored = await w.store.get_latest(LTV_NAMESPACE)
+        return web.bytes(orjson.dumps(latest_ltv(stored)), content_type="application/json")

@@ -1,0 +1,119 @@
+"""Switch-off signals: judge every channel and channel/campaign on its trailing SIGNAL_WINDOW.
+
+    metrics.channel (by channel) · metrics.campaign (by channel/campaign)
+            │ signals: latest figures per key and window (streams.signals), one table row per key
+            ▼
+    signals (key = channel or channel/campaign), attribution_signal{channel,campaign,action}
+
+The table is keyed like the metric topics, so each worker judges the keys whose partitions it
+reads. Keys are judged at most once a second, and only when a metric message changed them; a
+message goes to `signals` only when the key's action changes. The action is kept in the key's
+row, so a restarted worker does not announce again what it already announced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from streams.app import Wiring
+from streams.kafka import METRICS_CHANNEL_TOPIC
+from streams.signals import ACTIONS, KeyState, Thresholds, judge
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.05
+JUDGE_INTERVAL_S = 1.0
+CHANNEL_PREFIX = "c|"  # table key of a channel-level key: c|<channel>
+CAMPAIGN_PREFIX = "k|"  # table key of a campaign-level key: k|<channel>/<campaign>
+
+
+def key_partition(key: str, partition_of: Any) -> int:
+    """A `signal-keys` row lives on the partition of its metric topic key."""
+    return partition_of(key[2:])
+
+
+class SignalStage:
+    def __init__(self, w: Wiring) -> None:
+        self.w = w
+        self.table = w.signal_keys
+        self.thresholds = Thresholds.from_settings(w.settings)
+        self.dirty: set[str] = set()
+        self.gauged: dict[str, tuple[str, str]] = {}  # table key -> (channel, campaign label)
+
+    def absorb_batch(self, batch: list[Any]) -> None:
+        states: dict[str, KeyState] = {}
+        window_ms = self.thresholds.window_ms
+        for event in batch:
+            message = event.message
+            value = orjson.loads(message.value)
+            if message.topic == METRICS_CHANNEL_TOPIC:
+                key, campaign = CHANNEL_PREFIX + value["channel"], None
+            else:
+                campaign = value["campaign"]
+                key = f"{CAMPAIGN_PREFIX}{value['channel']}/{campaign}"
+            state = states.get(key)
+            if state is None:
+                row = self.table.get(key)
+                state = KeyState.from_row(row) if row else KeyState(value["channel"], campaign)
+            if state.seen(message.partition, message.offset):
+                continue  # absorbed before a restart
+            states[key] = state.absorb(value, window_ms, (message.partition, message.offset))
+        for key, state in states.items():
+            self.table[key] = state.to_row()
+            self.dirty.add(key)
+
+    async def judge(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for key in sorted(dirty):
+            row = self.table.get(key)
+            if not row:
+                continue
+            state = KeyState.from_row(row)
+            verdict = judge(state, self.thresholds)
+            if verdict.message is None:
+                continue
+            # Announce first, then remember: a crash in between announces again rather than never.
+            await self.w.signals.send(key=state.key.encode(), value=orjson.dumps(verdict.message))
+            self.table[key] = verdict.state.to_row()
+            self.set_gauge(key, verdict.state)
+            log.info("signal %s: %s (%s)", state.key, verdict.message["action"], verdict.message["reason"])
+
+    def set_gauge(self, key: str, state: KeyState) -> None:
+        labels = (state.channel, state.campaign or "")
+        for action in ACTIONS:
+            self.w.metrics.signal.labels(*labels, action).set(1.0 if action == state.action else 0.0)
+        self.gauged[key] = labels
+
+    def recovered(self, partitions: set[int]) -> None:
+        """After a rebalance: gauges for the keys this worker owns now, none for the others."""
+        owned = {}
+        for key, row in list(self.table.data.items()):
+            if self.w.partition_of(key[2:]) in partitions and row:
+                owned[key] = KeyState.from_row(row)
+        for key in [k for k in self.gauged if k not in owned]:
+            for action in ACTIONS:
+                with contextlib.suppress(KeyError):
+                    self.w.metrics.signal.remove(*self.gauged[key], action)
+            del self.gauged[key]
+        for key, state in owned.items():
+            if state.action is not None:
+                self.set_gauge(key, state)
+
+
+def register(w: Wiring) -> None:
+    stage = SignalStage(w)
+    w.state["signals"] = stage
+    w.signal_keys.recovered_callbacks.append(stage.recovered)
+
+    @w.app.agent(w.signal_inputs, name="signals")
+    async def signals(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            stage.absorb_batch(batch)
+
+    @w.app.timer(JUDGE_INTERVAL_S, name="judge-signals")
+    async def judge_signals() -> None:
+        await stage.judge()

@@ -1,0 +1,74 @@
+"""How far the touchpoint streams have been read, in event time. Pure.
+
+Touchpoints and conversions arrive on different topics, read at different speeds: in a
+backlog the (few) orders are read long before the (many) impressions that precede them.
+So a conversion waits until every touchpoint source has passed its ts, not only a grace.
+
+- The intake of each worker keeps a `TouchProgress` over the impression and click partitions
+  it owns: the highest ts read from each, or "caught up" when it has read to the end. Its
+  watermark (the minimum) travels with every message it sends to the journeys topic, plus a
+  heartbeat to every partition, so the journeys stage hears it even when no event is routed.
+- The journeys stage keeps, per journey partition, the latest watermark of each intake
+  (`SourceWatermarks`) and releases a conversion once all live sources have passed its ts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+CAUGHT_UP = 2**62  # a watermark past any event time: the source has nothing unread
+NOTHING_READ = -1
+
+
+class TouchProgress:
+    """The intake's progress on the touchpoint partitions it owns."""
+
+    def __init__(self) -> None:
+        self.max_ts: dict[Any, int] = {}
+        self.next_offset: dict[Any, int] = {}
+
+    def saw(self, tp: Any, offset: int, max_ts: int | None) -> None:
+        self.next_offset[tp] = offset + 1
+        if max_ts is not None:
+            self.max_ts[tp] = max(max_ts, self.max_ts.get(tp, max_ts))
+
+    def watermark(
+        self,
+        owned: Iterable[Any],
+        highwater: Callable[[Any], int | None],
+        position: Callable[[Any], int | None],
+    ) -> int:
+        """The event time up to which every owned touchpoint partition has been read."""
+        mark = CAUGHT_UP
+        for tp in owned:
+            end = highwater(tp)
+            read_to = self.next_offset.get(tp)
+            if read_to is None:
+                read_to = position(tp)
+            if end is not None and read_to is not None and read_to >= end:
+                continue
+            mark = min(mark, self.max_ts.get(tp, NOTHING_READ))
+        return mark
+
+    def forget(self, keep: set[Any]) -> None:
+        """Drop partitions this worker no longer owns (after a rebalance)."""
+        for tp in [tp for tp in self.next_offset if tp not in keep]:
+            self.next_offset.pop(tp, None)
+            self.max_ts.pop(tp, None)
+
+
+class SourceWatermarks:
+    """Per journey partition, the latest watermark each intake reported; stale sources are ignored."""
+
+    def __init__(self, stale_after_s: float) -> None:
+        self.stale_after_s = stale_after_s
+        self.marks: dict[int, dict[str, tuple[int, float]]] = {}
+
+    def report(self, partition: int, source: str, watermark: int, now: float) -> None:
+        self.marks.setdefault(partition, {})[source] = (watermark, now)
+
+    def watermark(self, partition: int, now: float) -> int | None:
+        """The lowest live watermark on the partition; None when no live source has reported."""
+        live = [mark for mark, at in self.marks.get(partition, {}).values() if now - at <= self.stale_after_s]
+        return min(live) if live else None
