@@ -5,7 +5,11 @@ batch go out as one message per destination partition, so the next stage pays Fa
 per-message cost once per batch, not once per event. Each message, and a heartbeat to every
 partition, carries this intake's touchpoint watermark (see `streams.watermarks`):
 
-    {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>, "e": [[key, row], ...]}
+    {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>,
+     "mx": <the highest event time read before this batch>, "e": [[key, row], ...]}
+
+`mx` gives every journey partition the stream's event time, so that lateness is judged the
+same way on a partition that has been quiet for a while as on a busy one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.02
 HEARTBEAT_INTERVAL_S = 0.2
 LAG_REPORT_INTERVAL_S = 5.0
+FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every window
 TOUCH_TOPICS = ("impressions", "clicks")
 
 
@@ -46,6 +51,7 @@ class Intake:
         self.source = instance_name(w.settings)
         self.progress = TouchProgress()
         self.invalid = {topic: w.metrics.events.labels(kind, "invalid") for topic, kind in TOPIC_TYPES.items()}
+        self.stream_time = 0  # highest event time read (never ahead of now by more than the tolerance)
         self.last_lag_report = 0.0
         self.reported_lag: set[tuple[str, str]] = set()
 
@@ -70,9 +76,12 @@ class Intake:
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
                 await self.send(partition, watermark, items[start : start + SEQ_PER_MESSAGE])
+        if routed:
+            newest = max(row[2] for items in routed.values() for _, row in items)
+            self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
 
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
-        value = orjson.dumps({"src": self.source, "wm": watermark, "e": items})
+        value = orjson.dumps({"src": self.source, "wm": watermark, "mx": self.stream_time, "e": items})
         await self.w.journey_events.send(value=value, partition=partition)
 
     def watermark(self) -> int:

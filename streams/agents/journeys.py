@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -44,10 +43,11 @@ BATCH_WITHIN_S = 0.02
 DUE_INTERVAL_S = 0.1
 SNAPSHOT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 30.0
-SOURCE_STALE_S = 5.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
-MAX_HOLD_S = 15.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
+SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
+MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
 FUTURE_TOLERANCE_MS = 300_000
+TOUCH_OR_SPEND = ("i", "c", "s")
 TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
 
 
@@ -59,7 +59,7 @@ class JourneyStage:
         s = w.settings
         self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
         self.touch_horizon_ms = s.longest_lookback_ms + s.allowed_lateness_ms
-        self.watermarks: dict[int, int] = defaultdict(int)  # journey partition -> max event ts seen
+        self.stream_time = 0  # the highest event time seen, here or reported by any intake
         self.sources = SourceWatermarks(stale_after_s=SOURCE_STALE_S)
         grace_s = s.attribution_grace_ms / 1000
         self.grace = GraceQueue(grace_s, max(MAX_HOLD_S, 5 * grace_s), self.sources)
@@ -81,6 +81,7 @@ class JourneyStage:
                 item = from_row(row)
                 self.absorb(partition, seq_of(offset, position), key, item, journeys, partials, now_ms)
             self.sources.report(partition, message["src"], message["wm"], now)
+            self.stream_time = max(self.stream_time, message.get("mx", 0))
         for key, journey in journeys.items():
             journey.prune(self.touch_horizon_ms, self.w.settings.dedup_window_ms)
             self.w.journeys[key] = journey.to_row()
@@ -92,10 +93,10 @@ class JourneyStage:
     ) -> None:
         s = self.w.settings
         kind = item.kind
-        # a clock far in the future must not close every window: the watermark never runs ahead of now
-        watermark = max(self.watermarks[partition], min(item.ts, int(now_ms) + FUTURE_TOLERANCE_MS))
-        self.watermarks[partition] = watermark
-        if is_closed(window_start(item.ts, s.metrics_window_ms), s.metrics_window_ms, watermark, s.allowed_lateness_ms):
+        # a clock far in the future must not close every window: stream time never runs ahead of now
+        self.stream_time = max(self.stream_time, min(item.ts, int(now_ms) + FUTURE_TOLERANCE_MS))
+        window = window_start(item.ts, s.metrics_window_ms)
+        if is_closed(window, s.metrics_window_ms, self.stream_time, s.allowed_lateness_ms):
             self.outcome[kind, "late"].inc()
             return
         journey = journeys.get(key)
@@ -105,8 +106,9 @@ class JourneyStage:
         if admission is Admission.DUPLICATE:
             self.outcome[kind, "duplicate"].inc()
             return
-        if admission is Admission.NEW:
+        if admission is Admission.NEW and kind != "o":  # an order is judged ok once its order_id is held
             self.outcome[kind, "ok"].inc()
+        if admission is Admission.NEW and kind in TOUCH_OR_SPEND:  # conversions: once attributed
             self.w.metrics.lag.observe(max(0.0, now_ms - item.ts) / 1000)
         if isinstance(item, Spend):
             self.count_touch_or_spend(partition, seq, item, partials, admission)
@@ -169,11 +171,11 @@ class JourneyStage:
             return
         conversions, not_first = self.load_conversions(ready)
         try:
-            first_orders = await self.first_orders(conversions, not_first)
+            repeats, first_orders = await self.consult_store(conversions, not_first)
         except Exception as exc:  # noqa: BLE001 - the store is down: conversions wait, nothing is lost
             self.store_unavailable(exc, conversions)
             return
-        self.apply(conversions, first_orders)
+        self.apply(conversions, repeats, first_orders)
 
     def load_conversions(
         self, ready: list[tuple[int, str, int]]
@@ -191,18 +193,23 @@ class JourneyStage:
                     not_first.add(conversion.event_id)
         return out, not_first
 
-    async def first_orders(
+    async def consult_store(
         self, conversions: list[tuple[int, str, int, Lead | Order]], not_first: set[str]
-    ) -> dict[str, bool]:
-        orders = [
-            (c.customer_id, c.event_id) for *_, c in conversions
-            if isinstance(c, Order) and c.customer_id and c.event_id not in not_first
+    ) -> tuple[set[str], dict[str, bool]]:
+        """Orders whose order_id another event holds (duplicates), and which orders are a first order."""
+        orders = [c for *_, c in conversions if isinstance(c, Order)]
+        s = self.w.settings
+        held = await self.w.store.claim_orders([(o.order_id, o.event_id) for o in orders], s.dedup_window_ms)
+        repeats = {o.event_id for o, mine in zip(orders, held, strict=True) if not mine}
+        customers = [
+            (o.customer_id, o.event_id) for o in orders
+            if o.customer_id and o.event_id not in not_first and o.event_id not in repeats
         ]
-        answers = await self.w.store.first_orders(orders, self.w.settings.customer_retention_ms)
+        answers = await self.w.store.first_orders(customers, s.customer_retention_ms)
         if self.store_down_since is not None:
             log.warning("store is back after %.0fs; attributing again", time.monotonic() - self.store_down_since)
             self.store_down_since = None
-        return {event_id: first for (_, event_id), first in zip(orders, answers, strict=True)}
+        return repeats, {event_id: first for (_, event_id), first in zip(customers, answers, strict=True)}
 
     def store_unavailable(self, exc: Exception, conversions: list[tuple[int, str, int, Lead | Order]]) -> None:
         if self.store_down_since is None:
@@ -211,7 +218,9 @@ class JourneyStage:
         waiting = [(partition, key, seq, conversion.ts) for partition, key, seq, conversion in conversions]
         self.grace.put_back(waiting, time.monotonic(), STORE_RETRY_S)
 
-    def apply(self, conversions: list[tuple[int, str, int, Lead | Order]], first_orders: dict[str, bool]) -> None:
+    def apply(
+        self, conversions: list[tuple[int, str, int, Lead | Order]], repeats: set[str], first_orders: dict[str, bool]
+    ) -> None:
         affiliates, promo_codes = self.w.affiliates.by_id, self.w.affiliates.by_promo_code
         journeys: dict[str, Journey] = {}
         partials: dict[str, Partial] = {}
@@ -219,6 +228,11 @@ class JourneyStage:
             journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
             if journey.take_pending(seq) is None:
                 continue
+            if conversion.event_id in repeats:  # its order_id came earlier with another event (or visitor)
+                self.outcome["o", "duplicate"].inc()
+                continue
+            if isinstance(conversion, Order):
+                self.outcome["o", "ok"].inc()
             promo = promo_codes.get(conversion.promo_code) if isinstance(conversion, Order) else None
             new_customer = first_orders.get(conversion.event_id, False)
             message, credited = self.attribute(journey, conversion, promo, affiliates, new_customer)
@@ -321,7 +335,7 @@ class JourneyStage:
             if row is None:
                 continue
             partition, window, channel = parse_partial_key(key)
-            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.watermarks[partition], "f": row[2]}
+            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "f": row[2]}
             await self.w.partials_topic.send(key=channel.encode(), value=orjson.dumps(snapshot))
 
     def sweep(self) -> None:
@@ -330,14 +344,14 @@ class JourneyStage:
         assigned = self.w.assigned(self.w.journey_events.get_topic_name())
         for key, row in list(self.w.journeys.data.items()):
             partition = self.w.partition_of(key)
-            if partition in assigned and row and not row[2] and row[3] < self.watermarks[partition] - max(
+            if partition in assigned and row and not row[2] and row[3] < self.stream_time - max(
                 self.touch_horizon_ms, s.dedup_window_ms
             ):
                 del self.w.journeys[key]
         for key in list(self.w.partials.data.keys()):
             partition, window, _ = parse_partial_key(key)
             if partition in assigned and is_closed(
-                window, s.metrics_window_ms, self.watermarks[partition], s.allowed_lateness_ms
+                window, s.metrics_window_ms, self.stream_time, s.allowed_lateness_ms
             ):
                 del self.w.partials[key]
 
