@@ -164,7 +164,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
     wiring.journeys = _table(app, "journeys", n, wiring.partition_of)
     wiring.partials = _table(app, "partials", n, lambda key: int(key.split("|", 1)[0]))
-    wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.split("|", 1)[0]))
+    wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
     if settings.prometheus_pushgateway:

@@ -165,6 +165,13 @@ class JourneyStage:
         if found:
             log.info("recovered %d pending conversions on partitions %s", len(found), sorted(partitions))
 
+    def resend_partials(self, partitions: set[int]) -> None:
+        """After recovery: every restored partial of these partitions goes downstream again. Snapshots are
+        absolute, so a resend is harmless, and one lost to a crash before it was sent is made good."""
+        for key in list(self.w.partials.data.keys()):
+            if parse_partial_key(key)[0] in partitions:
+                self.dirty_partials.add(key)
+
     async def attribute_due(self) -> None:
         ready = self.grace.ready(time.monotonic(), self.w.assigned(self.w.journey_events.get_topic_name()))
         if not ready:
@@ -370,6 +377,7 @@ def register(w: Wiring) -> None:
     stage = JourneyStage(w)
     w.state["journeys"] = stage
     w.journeys.recovered_callbacks.append(stage.requeue_pending)
+    w.partials.recovered_callbacks.append(stage.resend_partials)
 
     @w.app.agent(w.journey_events, name="journeys")
     async def journeys(stream: Any) -> None:

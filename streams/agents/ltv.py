@@ -140,7 +140,7 @@ class CustomerStage:
             count += 1
         self.sums, self.retired, self.watermarks = sums, retired, watermarks
         self.dirty = {(p, channel) for p, channels in sums.items() for channel in channels}
-        if count or partitions:
+        if partitions:
             log.info("lifetime value: %d customers remembered on partitions %s", count, sorted(partitions))
 
     def sweep(self) -> None:

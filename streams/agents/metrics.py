@@ -49,6 +49,13 @@ class MetricsStage:
             self.w.channel_windows[key] = window.to_row()
             self.dirty.add(key)
 
+    def republish(self, partitions: set[int]) -> None:
+        """After recovery: publish every restored window once more, in case a crash came between
+        the table write and the message (a later message for a key and window replaces the earlier)."""
+        for key in list(self.w.channel_windows.data.keys()):
+            if self.w.partition_of(key.rsplit("|", 1)[0]) in partitions:
+                self.dirty.add(key)
+
     async def publish(self) -> None:
         s = self.w.settings
         closing = [
@@ -110,6 +117,7 @@ class MetricsStage:
 def register(w: Wiring) -> None:
     stage = MetricsStage(w)
     w.state["metrics"] = stage
+    w.channel_windows.recovered_callbacks.append(stage.republish)
 
     @w.app.agent(w.partials_topic, name="metrics")
     async def metrics(stream: Any) -> None:

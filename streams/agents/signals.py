@@ -8,7 +8,8 @@
 The table is keyed like the metric topics, so each worker judges the keys whose partitions it
 reads. Keys are judged at most once a second, and only when a metric message changed them; a
 message goes to `signals` only when the key's action changes. The action is kept in the key's
-row, so a restarted worker does not announce again what it already announced.
+row, so a restarted worker does not announce again what it already announced. A key with no
+figures for SIGNAL_WINDOW + ALLOWED_LATENESS of event time is forgotten, with its gauge.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 import orjson
 
 from streams.app import Wiring
-from streams.kafka import METRICS_CHANNEL_TOPIC
+from streams.kafka import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
 from streams.signals import ACTIONS, KeyState, Thresholds, judge
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
 JUDGE_INTERVAL_S = 1.0
+SWEEP_INTERVAL_S = 30.0
 CHANNEL_PREFIX = "c|"  # table key of a channel-level key: c|<channel>
 CAMPAIGN_PREFIX = "k|"  # table key of a campaign-level key: k|<channel>/<campaign>
 
@@ -41,6 +43,7 @@ class SignalStage:
         self.w = w
         self.table = w.signal_keys
         self.thresholds = Thresholds.from_settings(w.settings)
+        self.allowed_lateness_ms = w.settings.allowed_lateness_ms
         self.dirty: set[str] = set()
         self.gauged: dict[str, tuple[str, str]] = {}  # table key -> (channel, campaign label)
 
@@ -82,10 +85,35 @@ class SignalStage:
             self.set_gauge(key, verdict.state)
             log.info("signal %s: %s (%s)", state.key, verdict.message["action"], verdict.message["reason"])
 
+    def sweep(self) -> None:
+        """Forget keys that had no figures for SIGNAL_WINDOW + ALLOWED_LATENESS of event time behind the
+        newest key this worker judges (no message can change their span any more): campaigns come and
+        go, and the table must not keep every one ever seen. Their gauges go with them."""
+        owned = self.w.assigned(METRICS_CHANNEL_TOPIC) | self.w.assigned(METRICS_CAMPAIGN_TOPIC)
+        rows = {key: row for key, row in self.table.data.items() if row and key_partition(key, self.w.partition_of)
+                in owned}
+        if not rows:
+            return
+        horizon = max(row[3] for row in rows.values()) - self.thresholds.window_ms - self.allowed_lateness_ms
+        for key, row in rows.items():
+            if row[3] < horizon:
+                del self.table[key]
+                self.dirty.discard(key)
+                self.remove_gauge(key)
+
+    def remove_gauge(self, key: str) -> None:
+        labels = self.gauged.pop(key, None)
+        if labels is not None:
+            for action in ACTIONS:
+                with contextlib.suppress(KeyError):
+                    self.w.metrics.signal.remove(*labels, action)
+
     def set_gauge(self, key: str, state: KeyState) -> None:
-        labels = (state.channel, state.campaign or "")
+        """Campaign labels are capped per channel like the counters' (CAMPAIGN_LABEL_CAP, then `(other)`)."""
+        m = self.w.metrics
+        labels = (state.channel, "" if state.campaign is None else m.campaign(state.channel, state.campaign))
         for action in ACTIONS:
-            self.w.metrics.signal.labels(*labels, action).set(1.0 if action == state.action else 0.0)
+            m.signal.labels(*labels, action).set(1.0 if action == state.action else 0.0)
         self.gauged[key] = labels
 
     def recovered(self, partitions: set[int]) -> None:
@@ -95,10 +123,7 @@ class SignalStage:
             if self.w.partition_of(key[2:]) in partitions and row:
                 owned[key] = KeyState.from_row(row)
         for key in [k for k in self.gauged if k not in owned]:
-            for action in ACTIONS:
-                with contextlib.suppress(KeyError):
-                    self.w.metrics.signal.remove(*self.gauged[key], action)
-            del self.gauged[key]
+            self.remove_gauge(key)
         for key, state in owned.items():
             if state.action is not None:
                 self.set_gauge(key, state)
@@ -117,3 +142,7 @@ def register(w: Wiring) -> None:
     @w.app.timer(JUDGE_INTERVAL_S, name="judge-signals")
     async def judge_signals() -> None:
         await stage.judge()
+
+    @w.app.timer(SWEEP_INTERVAL_S, name="sweep-signal-keys")
+    async def sweep() -> None:
+        stage.sweep()

@@ -230,7 +230,7 @@ def stage() -> SignalStage:
     registry = CollectorRegistry()
     w = SimpleNamespace(settings=Settings(), signal_keys=FakeTable(), signals=FakeTopic(),
                         metrics=WorkerMetrics(registry, 10), registry=registry,
-                        partition_of=lambda key: 0)
+                        partition_of=lambda key: 0, assigned=lambda topic: {0})
     return SignalStage(w)  # type: ignore[arg-type]
 
 
@@ -271,3 +271,19 @@ def test_attribution_top_marks_a_channel_row_with_its_action() -> None:
     assert board.add_signal(b"tiktok", message, (0, 1))
     assert not board.add_signal(b"tiktok/ugc", campaign, (0, 2))
     assert board.view().actions == {"tiktok": "pause"}
+
+
+async def test_a_key_silent_for_the_signal_window_plus_the_lateness_is_forgotten() -> None:
+    s = stage()
+    horizon = H + Settings().allowed_lateness_ms
+    old = window(T0, 100.0, 10.0, channel="bing")
+    s.absorb_batch(batch(("metrics.channel", 0, old), ("metrics.channel", 1, window(T0 + horizon - W, 100.0, 10.0))))
+    await s.judge()
+    s.sweep()
+    assert set(s.table) == {CHANNEL_PREFIX + "bing", CHANNEL_PREFIX + "tiktok"}  # bing ends one window inside
+
+    s.absorb_batch(batch(("metrics.channel", 2, window(T0 + horizon + W, 100.0, 10.0))))
+    s.sweep()
+
+    assert set(s.table) == {CHANNEL_PREFIX + "tiktok"}
+    assert gauge(s, "bing", "", "pause") is None and gauge(s, "tiktok", "", "pause") == 1.0
