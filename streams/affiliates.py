@@ -150,16 +150,9 @@ def load(settings: Settings, args: argparse.Namespace) -> int:
         print(f"attribution affiliates load: {args.file}: {error}", file=sys.stderr)
     published = 0
     if affiliates:
-        from streams.embedded import resolve_bootstrap
+        from streams.embedded import resolve_for_producer
 
-        bootstrap, owned = resolve_bootstrap(settings)
-        if owned is not None:
-            print(
-                f"attribution affiliates load: no KAFKA_BOOTSTRAP and no running embedded broker: started one on "
-                f"{bootstrap} for this command only (its data is lost when it ends); run `attribution demo` "
-                "or set KAFKA_BOOTSTRAP first",
-                file=sys.stderr,
-            )
+        bootstrap, owned = resolve_for_producer(settings, "affiliates load")
         try:
             published = asyncio.run(publish_to(bootstrap, settings.topic_partitions, affiliates))
         finally:

@@ -378,3 +378,17 @@ class _PublishedBroker(EmbeddedBroker):
             with contextlib.suppress(FileNotFoundError):
                 self.published.unlink()
         super().stop(timeout)
+
+
+def resolve_for_producer(settings: Settings, command: str) -> tuple[str, EmbeddedBroker | None]:
+    """`resolve_bootstrap` for a command that only produces (simulate, replay, affiliates load):
+    when it has to start a broker of its own, say that the events die with it."""
+    bootstrap, owned = resolve_bootstrap(settings)
+    if owned is not None:
+        print(
+            f"attribution {command}: no KAFKA_BOOTSTRAP and no running embedded broker: started one on "
+            f"{bootstrap} for this command only (its data is lost when it ends); run `attribution demo` "
+            "or set KAFKA_BOOTSTRAP first",
+            file=sys.stderr,
+        )
+    return bootstrap, owned

@@ -178,13 +178,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"attribution replay: no such file: {path}", file=sys.stderr)
         return 2
-    from streams.embedded import resolve_bootstrap
+    from streams.embedded import resolve_for_producer
 
-    bootstrap, owned = resolve_bootstrap(settings)
-    if owned is not None:
-        print(f"attribution replay: no KAFKA_BOOTSTRAP and no running embedded broker: started one on {bootstrap} "
-              "for this command only; run `attribution demo` or set KAFKA_BOOTSTRAP to keep the events",
-              file=sys.stderr)
+    bootstrap, owned = resolve_for_producer(settings, "replay")
     try:
         grouper, seconds = asyncio.run(replay(bootstrap, settings, path))
     finally:

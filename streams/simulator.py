@@ -553,13 +553,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"attribution simulate: --channels: {exc}", file=sys.stderr)
         return 2
-    from streams.embedded import resolve_bootstrap
+    from streams.embedded import resolve_for_producer
 
-    bootstrap, owned = resolve_bootstrap(settings)
-    if owned is not None:
-        print(f"attribution simulate: no KAFKA_BOOTSTRAP and no running embedded broker: started one on {bootstrap} "
-              "for this command only; run `attribution demo` or set KAFKA_BOOTSTRAP to keep the events",
-              file=sys.stderr)
+    bootstrap, owned = resolve_for_producer(settings, "simulate")
     try:
         return asyncio.run(simulate(bootstrap, settings, args.seed, channels, args.rate, duration_s))
     finally:
