@@ -1,0 +1,1 @@
+"""End-to-end benchmarks of the engine on a real Apache Kafka broker: `python -m bench.run` (`make bench`)."""
