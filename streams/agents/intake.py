@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from streams.app import Wiring, instance_name
-from streams.events import TOPIC_TYPES, Spend, Touch, parse_message
+from streams.events import TOPIC_TYPES, Spend, parse_message
 from streams.journeys import SEQ_PER_MESSAGE, SPEND_KEY_PREFIX
 from streams.watermarks import TouchProgress
 
@@ -30,7 +30,9 @@ BATCH_WITHIN_S = 0.02
 HEARTBEAT_INTERVAL_S = 0.2
 LAG_REPORT_INTERVAL_S = 5.0
 FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every window
-TOUCH_TOPICS = ("impressions", "clicks")
+# Conversions wait until these are read past their ts: touchpoints (so none is missed) and the other
+# conversions (so a customer's earlier order is judged first, whatever partition it came on).
+WATERMARK_TOPICS = ("impressions", "clicks", "leads", "orders")
 
 
 def route_key(event: Any) -> str:
@@ -69,9 +71,8 @@ class Intake:
             for item in valid:
                 key = route_key(item)
                 routed[self.w.partition_of(key)].append([key, list(item)])
-            if message.topic in TOUCH_TOPICS:
-                touch_ts = max((item.ts for item in valid if isinstance(item, Touch)), default=None)
-                self.progress.saw(message.tp, message.offset, touch_ts)
+            if message.topic in WATERMARK_TOPICS:
+                self.progress.saw(message.tp, message.offset, max((item.ts for item in valid), default=None))
         watermark = self.watermark()
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
@@ -85,7 +86,7 @@ class Intake:
         await self.w.journey_events.send(value=value, partition=partition)
 
     def watermark(self) -> int:
-        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in TOUCH_TOPICS}
+        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in WATERMARK_TOPICS}
         self.progress.forget(owned)
         consumer = self.w.app.consumer
         return self.progress.watermark(owned, consumer.highwater, lambda tp: _position(consumer, tp))
