@@ -7,7 +7,8 @@ So a conversion waits until every touchpoint source has passed its ts, not only 
 - The intake of each worker keeps a `TouchProgress` over the impression, click, lead and order
   partitions it owns (conversions too, so that a customer's earlier order is judged first):
   the highest ts read from each, or "caught up" when it has read to the end. Its watermark
-  (the minimum) travels with every message it sends to the journeys topic, plus a heartbeat to every partition, so the journeys stage hears it even when no event is routed.
+  (the minimum) travels with every message it sends to the journeys topic, plus a heartbeat
+  to every partition, so the journeys stage hears it even when no event is routed there.
 - The journeys stage keeps, per journey partition, the latest watermark of each intake
   (`SourceWatermarks`) and releases a conversion once all live sources have passed its ts.
 """
