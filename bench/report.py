@@ -109,15 +109,19 @@ def engine_section(results: dict[str, Any], head: str, args: argparse.Namespace)
             "once a second):",
             "",
             "| run | start-up | intake read all input | journeys absorbed all | metrics show all touchpoints | "
-            "metrics show everything | worker CPU cores | broker CPU cores | other processes' CPU cores |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "metrics show everything | worker CPU cores | broker CPU cores | other processes' CPU cores | "
+            "records the engine wrote per input event (journeys changelog) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, part in (("one event per message", single), ("batched", batched)):
             if part:
                 e = part["engine"]
+                written = e.get("records_written") or {}
+                per_event = f"{sum(written.values()) / e['events']:.2f} " \
+                    f"({written.get('attribution-journeys-changelog', 0) / e['events']:.2f})" if written else "-"
                 out.append(f"| {name} | {e['startup_s']:.1f} | {seconds(e['intake_s'])} | {seconds(e['absorbed_s'])} "
                            f"| {e['touch_seconds']:.2f} | {e['seconds']:.2f} | {e['cpu']['workers']:.2f} | "
-                           f"{e['cpu']['broker']:.2f} | {e['cpu']['others']:.2f} |")
+                           f"{e['cpu']['broker']:.2f} | {e['cpu']['others']:.2f} | {per_event} |")
         if single and single["naive"].get("capped") or batched and batched["naive"].get("capped"):
             out += ["", "The naive agent was stopped at its time cap in at least one shape; its rate is over the "
                         "events it processed."]

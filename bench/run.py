@@ -270,6 +270,21 @@ class MetricsWatcher:
         read = sum(o.offset for tp, o in committed.items() if tp.topic in data.INPUT_TOPICS and o.offset > 0)
         return read, sum(ends.values())
 
+    async def records_written(self) -> dict[str, int]:
+        """Records on every topic the engine writes (all but the inputs): what it cost the broker."""
+        assert self.consumer is not None
+        if self.admin is None:
+            self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await self.admin.start()
+        topics = [t for t in await self.admin.list_topics() if t not in data.INPUT_TOPICS and not t.startswith("__")]
+        described = await self.admin.describe_topics(topics)
+        tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+        ends = await self.consumer.end_offsets(tps)
+        out: dict[str, int] = defaultdict(int)
+        for tp, end in ends.items():
+            out[tp.topic] += end
+        return dict(out)
+
     async def stop(self) -> None:
         if self.admin is not None:
             with contextlib.suppress(Exception):
@@ -544,6 +559,11 @@ class Run:
             cpu_done = CpuMark.take((w.pid for w in workers), broker.pid)
             processed = sum(events_total(text) for text in await scrape_all(workers))
             series.append((time.monotonic(), processed))
+            try:
+                written = await watcher.records_written()
+            except Exception as exc:  # noqa: BLE001 - a diagnostic only
+                say(f"  (could not count the records the engine wrote: {exc})")
+                written = {}
         finally:
             if spy is not None:
                 self.procs.end(spy, timeout=20, signum=signal.SIGINT)
@@ -566,7 +586,13 @@ class Run:
             "cpu": cpu_done.cores_since(cpu_first),
             "per_cpu_s": expected.events / max(cpu_done.workers - cpu_first.workers, 1e-9),
             "metric_messages": len(watcher.log),
+            "records_written": written,
         }
+        if written:
+            total = sum(written.values())
+            top = sorted(written.items(), key=lambda item: -item[1])[:3]
+            say(f"  the engine wrote {total:,} records ({total / expected.events:.2f} per input event): "
+                + ", ".join(f"{topic} {n:,}" for topic, n in top))
         say(f"engine ({label}): {result['rate']:,.0f} events/s end to end: {seconds:.1f}s from the intake's first "
             f"output until the metrics show every event (intake read all input after {fmt_s(result['intake_s'])}, "
             f"journeys absorbed all after {fmt_s(result['absorbed_s'])}, metrics showed all touchpoints after "
