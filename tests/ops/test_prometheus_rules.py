@@ -24,7 +24,13 @@ ALERT_TESTS = PROM / "alerts.test.yml"
 SCRIPT = PROM / "prometheus.sh"
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run `make system-deps`")
+# No skip: CI installs promtool (make test runs deploy/system-deps.sh); a missing one must fail loudly.
+needs_promtool = pytest.mark.usefixtures("promtool_installed")
+
+
+@pytest.fixture
+def promtool_installed() -> None:
+    assert PROMTOOL is not None, "promtool missing: run `make system-deps`"
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -163,7 +169,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: run `make system-deps`")
 def test_prometheus_sh_starts_with_the_rules_and_stops() -> None:
     port = _free_port()
     state = ROOT / ".run" / f"prometheus-{port}"

@@ -31,7 +31,6 @@ from tests.ops import promql
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: run `make system-deps`"),
 ]
 
 EXPRESSIONS = promql.all_expressions()
@@ -248,7 +247,7 @@ def _synthetic_metrics(end: float) -> str:
 def prometheus_with_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float]]:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool missing: run `make system-deps`")
+        raise AssertionError("promtool missing: run `make system-deps`")
     workdir = tmp_path_factory.mktemp("prometheus-data")
     end = float(int(time.time()) - 60)
     source = workdir / "metrics.om"
