@@ -116,7 +116,7 @@ def engine_section(results: dict[str, Any], head: str, args: argparse.Namespace)
         for name, part in (("one event per message", single), ("batched", batched)):
             if part:
                 e = part["engine"]
-                written = e.get("records_written") or {}
+                written = {t: n for t, n in (e.get("records_written") or {}).items() if not t.startswith("bench-")}
                 per_event = f"{sum(written.values()) / e['events']:.2f} " \
                     f"({written.get('attribution-journeys-changelog', 0) / e['events']:.2f})" if written else "-"
                 out.append(f"| {name} | {e['startup_s']:.1f} | {seconds(e['intake_s'])} | {seconds(e['absorbed_s'])} "

@@ -1,6 +1,6 @@
 """End-to-end benchmark of the engine on a real Apache Kafka broker (`make bench`).
 
-    python -m bench.run [--quick] [--profile] [--wait-load SECONDS] [--no-write]
+    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory] [--wait-load SECONDS]
 
 Everything runs on this machine, each scenario on its own broker (free port, temp data dir):
 
@@ -8,24 +8,29 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
    clicks, few conversions, spend rows), read by
    - raw: an aiokafka getmany loop with orjson decode (bench/raw_consumer.py), the Python ceiling;
    - naive: a per-event Faust agent, Record values, one table update per event (bench/naive_app.py);
-   - engine: `attribution worker` (TOPIC_PARTITIONS=4, LOG_LEVEL=WARNING), timed from its first
-     processed event until the metric topic reflects every event: the sum of impressions + clicks
-     over the latest `metrics.channel` message per (channel, window) equals what was produced, and
-     so does the sum of leads + orders (attributed credit) for the conversions.
-2. the same with batched input (JSON arrays of 100 events per message), then on that worker the lag
-   at a steady 5,000 events/s with ts = now (bench/live_producer.py), one event per message and
-   batched: per event, the time from producing it to the first metrics.channel message whose counts
-   include it, touchpoints and conversions apart (conversions wait ATTRIBUTION_GRACE by design),
-   next to the engine's own `attribution_event_lag_seconds` histogram over the same span.
-3. scaling: the batched data on 8 partitions, one worker, then two workers (fresh broker each), with
-   the CPU each process (broker included) used.
-4. memory: bytes per tracking ID and per remembered event id (bench/memory.py).
-5. with --profile: py-spy samples the worker through throughput runs of both shapes.
+   - engine: `attribution worker` (TOPIC_PARTITIONS=4, LOG_LEVEL=WARNING), timed from its intake's first
+     output until the metric topic reflects every event: the sum of impressions + clicks over the latest
+     `metrics.channel` message per (channel, window) equals what was produced, and so does the sum of
+     leads + orders (attributed credit) for the conversions.
+   Each also as events per CPU second of its process, which the other load on a shared machine disturbs less.
+2. the same with batched input (JSON arrays of 100 events per message);
+3. lag, on that worker: events with ts = now at a steady rate (bench/live_producer.py), 1,000/s batched
+   (where one worker keeps up), then 5,000/s batched and one event per message: per event, the time from
+   producing it to the first metrics.channel message whose counts include it, touchpoints and conversions
+   apart (conversions wait ATTRIBUTION_GRACE by design), next to the engine's own
+   `attribution_event_lag_seconds` histogram over the same span.
+4. scaling: batched data on 8 partitions, one worker, then two workers (fresh broker each), with the CPU
+   each process (broker included) used.
+5. memory: bytes per tracking ID and per remembered event id (bench/memory.py).
+6. with --profile, after the rest: py-spy samples a worker through a throughput run of each shape and a
+   5,000/s lag phase (bench/profile.py says where its time goes).
 
 Compare figures only within one run (ratios): the machine is shared. Before measuring it waits (up to
 --wait-load seconds) for the 1-minute load average to fall below --max-load, and notes the load.
-The tables go to bench/RESULTS.md (sections "Engine end to end", "Memory", "Engine profile"; the others
-are kept). Every process it starts is stopped in `finally`, brokers included.
+A full run writes its tables to bench/RESULTS.md (sections "Engine end to end", "Memory", "Engine profile";
+the others are kept); --quick, --only, --scale and experiments only print theirs unless --write. Every
+process it starts is stopped in `finally`, brokers included; it gives up with a message naming what it saw
+when a phase times out.
 """
 
 from __future__ import annotations
@@ -276,7 +281,8 @@ class MetricsWatcher:
         if self.admin is None:
             self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             await self.admin.start()
-        topics = [t for t in await self.admin.list_topics() if t not in data.INPUT_TOPICS and not t.startswith("__")]
+        topics = [t for t in await self.admin.list_topics()
+                  if t not in data.INPUT_TOPICS and not t.startswith(("__", "bench-"))]  # bench-: the naive app
         described = await self.admin.describe_topics(topics)
         tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
         ends = await self.consumer.end_offsets(tps)
@@ -605,6 +611,19 @@ class Run:
             await watcher.stop()
         return result, workers, watcher
 
+    async def settle(self, watcher: MetricsWatcher, lag: dict[str, Any]) -> None:
+        """After a phase the worker fell behind in: wait (at most --settle s) until it has caught up, so that
+        the next phase does not measure this one's backlog."""
+        started = time.monotonic()
+        while time.monotonic() - started < self.args.settle and not (
+            watcher.touches >= lag["want_touches"] and watcher.conversions >= lag["want_conversions"]
+        ):
+            await asyncio.sleep(0.5)
+        lag["settled_s"] = time.monotonic() - started
+        caught_up = watcher.touches >= lag["want_touches"]
+        if lag["settled_s"] > 1:
+            say(f"  {'caught up' if caught_up else 'still behind'} {lag['settled_s']:.0f}s after the phase's drain")
+
     def start_profile(self, worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes] | None:
         binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(binary).exists():
@@ -667,6 +686,8 @@ class Run:
             "touch_p50": t50, "touch_p99": t99, "touch_n": sum(w for _, w in touch),
             "conversion_p50": c50, "conversion_p99": c99, "conversion_n": sum(w for _, w in conversion),
             "waited_s": live["seconds"] + drain,
+            "want_touches": want_touches,
+            "want_conversions": want_conversions,
             "missing_touches": missing[0], "missing_conversions": missing[1],
             "engine_p50": histogram_quantile(0.5, histogram), "engine_p99": histogram_quantile(0.99, histogram),
             "engine_observations": histogram.get(float("inf"), 0.0),
@@ -769,7 +790,7 @@ def tail(path: Path, lines: int = 30) -> str:
 async def run_all(run: Run) -> None:
     sizes, results, now_ms = run.sizes, run.results, int(time.time() * 1000)
     start_ms, span_ms = now_ms - 70 * 60_000, 60 * 60_000  # an hour of event time ending 10 min ago
-    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "scale", "memory"}
+    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "memory"}
 
     if "single" in wanted:
         broker = await run.broker("single", 4)
@@ -783,19 +804,27 @@ async def run_all(run: Run) -> None:
         results["single"]["engine"], _, _ = await run.engine("single", broker, dataset, 4)
         run.retire(broker)
 
-    if "batched" in wanted:
+    if "batched" in wanted or "lag" in wanted:
         broker = await run.broker("batched", 4)
-        dataset = data.build(sizes.batched, "batched", start_ms, span_ms, seed=8, partitions=4)
+        if "batched" in wanted:
+            dataset = data.build(sizes.batched, "batched", start_ms, span_ms, seed=8, partitions=4)
+        else:  # the lag phases alone: a worker with some state first
+            dataset = data.build(min(sizes.batched, 20_000), "batched", start_ms, span_ms, seed=8, partitions=4)
         await run.preproduce(broker, dataset)
-        results["batched"] = {"raw": await run.raw(broker, dataset), "naive": await run.naive(broker, dataset, 4)}
+        if "batched" in wanted:
+            results["batched"] = {"raw": await run.raw(broker, dataset), "naive": await run.naive(broker, dataset, 4)}
         engine, workers, watcher = await run.engine("batched", broker, dataset, 4, keep=True)
-        results["batched"]["engine"] = engine
+        if "batched" in wanted:
+            results["batched"]["engine"] = engine
         try:
-            phases = [(21, "batched", run.args.rate), (22, "single", run.args.rate)]
-            if run.args.low_rate and not run.args.quick:
-                phases.append((24, "batched", run.args.low_rate))
-            results["lag"] = [await run.latency(shape, broker, workers, watcher, seed, rate=rate)
-                              for seed, shape, rate in phases]
+            if "lag" in wanted:
+                # the low rate first, on a worker that keeps up; then the target rate in both shapes
+                phases = [(24, "batched", run.args.low_rate)] if run.args.low_rate and not run.args.quick else []
+                phases += [(21, "batched", run.args.rate), (22, "single", run.args.rate)]
+                results["lag"] = []
+                for seed, shape, rate in phases:
+                    results["lag"].append(await run.latency(shape, broker, workers, watcher, seed, rate=rate))
+                    await run.settle(watcher, results["lag"][-1])
         finally:
             for worker in workers:
                 run.procs.stop_worker(worker)
@@ -881,10 +910,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="End-to-end engine benchmark.")
     parser.add_argument("--quick", action="store_true", help="smaller N and shorter phases (~3 minutes)")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
-    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,scale,memory")
+    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory "
+                        "(another name, e.g. 'profile' with --profile, runs none of them)")
     parser.add_argument("--rate", type=float, default=5_000.0, help="events/s of the lag phase (default 5000)")
     parser.add_argument("--low-rate", type=float, default=1_000.0,
-                        help="a last lag phase at this rate, where one worker keeps up (0: none; not with --quick)")
+                        help="a first lag phase at this rate, where one worker keeps up (0: none; not with --quick)")
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="seconds to wait at most, after a lag phase, for the worker to catch up (default 60)")
     parser.add_argument("--drain", type=float, default=4.0,
                         help="seconds to wait at least for the last metrics of a lag phase (default 4)")
     parser.add_argument("--drain-max", type=float, default=30.0,
@@ -900,6 +932,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: run the workers with streams.app.FETCH_MAX_WAIT_MS set to this")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with every log")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave bench/RESULTS.md alone")
+    parser.add_argument("--write", action="store_true",
+                        help="write bench/RESULTS.md even for --quick, --only, --scale or experiment runs")
     args = parser.parse_args(argv)
     sizes = Sizes.of(args.quick, args.scale)
     wait_s = args.wait_load if args.wait_load is not None else (60.0 if args.quick else 600.0)
@@ -941,7 +975,11 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(failed, (BenchError, KeyboardInterrupt, SystemExit)):
             raise failed
         return 1
-    if not args.no_write:
+    partial = args.quick or args.only or args.scale != 1.0 or args.worker_fetch_wait_ms is not None
+    if args.no_write or (partial and not args.write):
+        if not args.no_write:
+            say(f"not writing {RESULTS.relative_to(ROOT)} for a partial or experimental run (--write to force)")
+    else:
         write_sections(RESULTS, sections)
         say(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
