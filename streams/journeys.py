@@ -26,6 +26,14 @@ from streams.watermarks import SourceWatermarks
 
 SEQ_PER_MESSAGE = 1024  # at most this many events in one internal message
 SPEND_KEY_PREFIX = "\x00spend/"
+# Spend has no visitor: its rows are spread over shards of the channel by event_id, so that no one
+# key collects every spend id of a channel for the whole dedup window (a changelog value over
+# Kafka's 1 MiB message limit crash-loops the worker).
+SPEND_SHARDS = 64
+# A tracking ID with more than this (a bot, a shared cookie) keeps only its latest touchpoints and
+# ids: its changelog value stays far below Kafka's 1 MiB message limit.
+MAX_TOUCHES = 500
+MAX_SEEN_IDS = 5000
 
 
 class Admission(Enum):
@@ -108,19 +116,33 @@ class Journey:
             row[0] == "o" and row[8] == order.customer_id and (row[2], row[1]) < mine for _, row in self.pending
         )
 
-    def prune(self, touch_horizon_ms: int, dedup_window_ms: int) -> None:
-        """Forget touchpoints older than the horizon and ids older than the dedup window (event time)."""
-        touch_cutoff = self.last_ts - touch_horizon_ms
-        if any(t.ts < touch_cutoff for t in self.touches):
-            self.touches = [t for t in self.touches if t.ts >= touch_cutoff]
+    def prune(self, click_horizon_ms: int, view_horizon_ms: int, dedup_window_ms: int) -> None:
+        """Forget clicks and impressions older than their horizons and ids older than the dedup window
+        (event time); past the caps, the oldest touchpoints (by ts) and ids (by sequence) go first."""
+        click_cutoff = self.last_ts - click_horizon_ms
+        view_cutoff = self.last_ts - view_horizon_ms
+        kept = [t for t in self.touches if t.ts >= (click_cutoff if t.kind == "c" else view_cutoff)]
+        if len(kept) > MAX_TOUCHES:
+            kept.sort(key=lambda t: t.ts)
+            del kept[:-MAX_TOUCHES]
+        if len(kept) != len(self.touches):
+            self.touches = kept
         id_cutoff = self.last_ts - dedup_window_ms
         stale = [h for h, (_, ts) in self.seen.items() if ts < id_cutoff]
+        if len(self.seen) - len(stale) > MAX_SEEN_IDS:
+            by_seq = sorted((seq, h) for h, (seq, ts) in self.seen.items() if ts >= id_cutoff)
+            stale += [h for _, h in by_seq[: len(by_seq) - MAX_SEEN_IDS]]
         for h in stale:
             del self.seen[h]
 
     def is_expired(self, watermark: int, horizon_ms: int) -> bool:
         """Nothing left worth keeping: no pending conversion and no activity within the horizon."""
         return not self.pending and self.last_ts < watermark - horizon_ms
+
+
+def spend_key(channel: str, event_id: str) -> str:
+    """The journey-topic key of a spend row: its channel's shard by event_id (see SPEND_SHARDS)."""
+    return f"{SPEND_KEY_PREFIX}{channel}/{id_hash(event_id) % SPEND_SHARDS}"
 
 
 def event_ids(event: Touch | Lead | Order) -> list[str]:

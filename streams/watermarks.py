@@ -6,9 +6,12 @@ So a conversion waits until every touchpoint source has passed its ts, not only 
 
 - The intake of each worker keeps a `TouchProgress` over the impression, click, lead and order
   partitions it owns (conversions too, so that a customer's earlier order is judged first):
-  the highest ts read from each, or "caught up" when it has read to the end. Its watermark
-  (the minimum) travels with every message it sends to the journeys topic, plus a heartbeat
-  to every partition, so the journeys stage hears it even when no event is routed there.
+  the highest ts read from each, or, when it has read to the end offsets it just asked the broker
+  for, the wall-clock time it asked: everything produced before then has been read. (The end
+  offsets a consumer remembers from its last fetch can be older than the conversion being judged,
+  and would call a partition read to its end while its touchpoints are still unread.) Its
+  watermark (the minimum) travels in a heartbeat to every journey partition, and with every
+  message it sends there.
 - The journeys stage keeps, per journey partition, the latest watermark of each intake
   (`SourceWatermarks`) and releases a conversion once all live sources have passed its ts.
 """
@@ -38,18 +41,22 @@ class TouchProgress:
         self,
         owned: Iterable[Any],
         highwater: Callable[[Any], int | None],
-        position: Callable[[Any], int | None],
+        unseen_at: Callable[[Any], int | None],
+        caught_up: int = CAUGHT_UP,
     ) -> int:
-        """The event time up to which every owned touchpoint partition has been read."""
+        """The event time up to which every owned touchpoint partition has been read. `unseen_at(tp)`:
+        where the intake stands on a partition it has not read a message from (None: unknown);
+        `caught_up`: the mark of a partition read to its end (when its end offset was asked for)."""
         mark = CAUGHT_UP
         for tp in owned:
             end = highwater(tp)
             read_to = self.next_offset.get(tp)
             if read_to is None:
-                read_to = position(tp)
+                read_to = unseen_at(tp)
             if end is not None and read_to is not None and read_to >= end:
-                continue
-            mark = min(mark, self.max_ts.get(tp, NOTHING_READ))
+                mark = min(mark, caught_up)
+            else:
+                mark = min(mark, self.max_ts.get(tp, NOTHING_READ))
         return mark
 
     def forget(self, keep: set[Any]) -> None:

@@ -59,6 +59,8 @@ class JourneyStage:
         s = w.settings
         self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
         self.touch_horizon_ms = s.longest_lookback_ms + s.allowed_lateness_ms
+        self.click_horizon_ms = s.click_lookback_ms + s.allowed_lateness_ms
+        self.view_horizon_ms = s.view_lookback_ms + s.allowed_lateness_ms
         self.stream_time = 0  # the highest event time seen, here or reported by any intake
         self.sources = SourceWatermarks(stale_after_s=SOURCE_STALE_S)
         grace_s = s.attribution_grace_ms / 1000
@@ -83,7 +85,7 @@ class JourneyStage:
             self.sources.report(partition, message["src"], message["wm"], now)
             self.stream_time = max(self.stream_time, message.get("mx", 0))
         for key, journey in journeys.items():
-            journey.prune(self.touch_horizon_ms, self.w.settings.dedup_window_ms)
+            journey.prune(self.click_horizon_ms, self.view_horizon_ms, self.w.settings.dedup_window_ms)
             self.w.journeys[key] = journey.to_row()
         self.write_partials(partials)
 

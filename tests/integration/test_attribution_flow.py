@@ -373,3 +373,43 @@ async def test_a_repeated_order_id_on_another_tracking_id_is_a_duplicate_too(
     assert again["event_id"] not in found, "the same order_id was attributed twice"
     duplicates = scrape(worker).get(("attribution_events_total", (("outcome", "duplicate"), ("type", "order"))))
     assert (duplicates or 0) == (duplicates_before or 0) + 1
+
+
+# --- heavy keys: one journey-table row must never outgrow Kafka's 1 MiB message limit ---------------------
+
+SPEND_ROWS = 30_000  # one row per channel of these ids made a 1.1 MB changelog value: the worker crash-looped
+HOT_CLICKS = 12_000  # a bot or a shared cookie: every click on one tracking ID
+
+
+def spend_of(channel: str, samples: dict) -> float:
+    return sum(v for (name, labels), v in samples.items()
+               if name == "attribution_spend_total" and dict(labels)["channel"] == channel)
+
+
+async def test_a_channels_many_spend_rows_and_a_hot_tracking_id_do_not_crash_the_worker(
+    broker: KafkaBroker, worker: WorkerProcess, producer: AIOKafkaProducer
+) -> None:
+    channel, t = uid("bulk_spend"), now_ms() - 20 * S
+    spend = [{"event_id": uid("spend"), "type": "spend", "ts": t - i % 10_000, "channel": channel,
+              "campaign": "always_on", "amount": 0.25} for i in range(SPEND_ROWS)]
+    for start in range(0, SPEND_ROWS, 500):  # JSON arrays, as an ad platform's export would send them
+        await producer.send("spend", orjson.dumps(spend[start:start + 500]), key=channel.encode())
+    hot = uid("bot")
+    clicks = [touch("click", hot, t - HOT_CLICKS + i, "display", f"c{i % 7}") for i in range(HOT_CLICKS)]
+    clicks[-1]["channel"], clicks[-1]["campaign"] = "bing", "latest"
+    for start in range(0, HOT_CLICKS, 500):
+        await producer.send("clicks", orjson.dumps(clicks[start:start + 500]), key=hot.encode())
+    await producer.flush()
+    conversion = order(hot, t + 1, 40.0)
+    await send(producer, conversion)
+
+    found = await attributions(broker.bootstrap, conversion["event_id"])
+
+    assert worker.alive, worker.tail(40)
+    assert [(c["channel"], c["campaign"], c["weight"]) for c in found[conversion["event_id"]][0]["credits"]] == [
+        ("bing", "latest", 1.0)]
+    deadline = time.monotonic() + WAIT_S
+    while spend_of(channel, scrape(worker)) < SPEND_ROWS * 0.25 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert spend_of(channel, scrape(worker)) == pytest.approx(SPEND_ROWS * 0.25)
+    assert "MessageSizeTooLarge" not in worker.tail(400)

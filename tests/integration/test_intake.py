@@ -277,7 +277,11 @@ async def test_every_valid_input_reaches_the_journey_stage_once_keyed_by_trackin
             by_id[row[1]] = (key, row)
     for event in scenario.valid_inputs():
         key, row = by_id[event["event_id"]]
-        assert key == (SPEND_KEY_PREFIX + event["channel"] if event["type"] == "spend" else event["tracking_id"])
+        if event["type"] == "spend":  # the channel's shard: a number below SPEND_SHARDS
+            channel_prefix, shard = key.rsplit("/", 1)
+            assert channel_prefix == SPEND_KEY_PREFIX + event["channel"] and 0 <= int(shard) < 64
+        else:
+            assert key == event["tracking_id"]
     # normalised at intake: ts to epoch ms, money to the reporting currency
     assert by_id[scenario.lead1["event_id"]][1][2] == scenario.base + 3_000
     order_row = by_id[scenario.order1["event_id"]][1]

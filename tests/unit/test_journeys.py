@@ -8,7 +8,19 @@ from hypothesis import strategies as st
 
 from streams.attribution import Touchpoint
 from streams.events import Lead, Order, Touch
-from streams.journeys import SEQ_PER_MESSAGE, Admission, Journey, event_ids, id_hash, seq_of
+from streams.journeys import (
+    MAX_SEEN_IDS,
+    MAX_TOUCHES,
+    SEQ_PER_MESSAGE,
+    SPEND_KEY_PREFIX,
+    SPEND_SHARDS,
+    Admission,
+    Journey,
+    event_ids,
+    id_hash,
+    seq_of,
+    spend_key,
+)
 
 HOUR, DAY = 3_600_000, 86_400_000
 T0 = 1763800000000
@@ -232,7 +244,7 @@ def test_prune_forgets_touchpoints_older_than_the_horizon_by_event_time() -> Non
     for event_id, ts in (("old", T0 - LOOKBACK - 1), ("edge", T0 - LOOKBACK), ("new", T0)):
         admit(journey, click(event_id, ts), seq_of(ts, 0))
         journey.add_touch(click(event_id, ts))
-    journey.prune(LOOKBACK, DEDUP)
+    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
     assert [t.event_id for t in journey.touches] == ["edge", "new"]
 
 
@@ -241,9 +253,65 @@ def test_prune_forgets_ids_older_than_the_dedup_window_by_event_time() -> None:
     admit(journey, click("old", T0 - DEDUP - 1), seq_of(1, 0))
     admit(journey, click("edge", T0 - DEDUP), seq_of(2, 0))
     admit(journey, click("new", T0), seq_of(3, 0))
-    journey.prune(LOOKBACK, DEDUP)
+    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
     assert admit(journey, click("old", T0), seq_of(4, 0)) is Admission.NEW
     assert admit(journey, click("edge", T0), seq_of(5, 0)) is Admission.DUPLICATE
+
+
+def impression(event_id: str, ts: int) -> Touch:
+    return Touch("i", event_id, ts, "t1", "meta_ads", "prospecting", None, 0.01)
+
+
+def test_prune_forgets_impressions_at_the_view_horizon_and_clicks_at_the_click_horizon() -> None:
+    journey = Journey()
+    view = 1 * DAY
+    for event in (impression("i-old", T0 - view - 1), impression("i-edge", T0 - view), click("c-old", T0 - view - 1)):
+        admit(journey, event, seq_of(event.ts, 0))
+        journey.add_touch(event)
+    admit(journey, click("now", T0), seq_of(T0, 0))
+    journey.prune(LOOKBACK, view, DEDUP)
+    assert [t.event_id for t in journey.touches] == ["i-edge", "c-old"]
+
+
+def test_a_hot_tracking_id_keeps_only_its_latest_touchpoints() -> None:
+    journey = Journey()
+    stamps = [T0 - i for i in range(MAX_TOUCHES + 50)]  # newest first: arrival order is not ts order
+    for i, ts in enumerate(stamps):
+        event = click(f"c{i}", ts)
+        admit(journey, event, seq_of(i, 0))
+        journey.add_touch(event)
+    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
+    assert len(journey.touches) == MAX_TOUCHES
+    assert min(t.ts for t in journey.touches) == T0 - MAX_TOUCHES + 1
+
+
+def test_a_hot_tracking_id_forgets_its_oldest_ids_first_and_stays_small() -> None:
+    journey = Journey()
+    for i in range(MAX_SEEN_IDS + 100):
+        admit(journey, click(f"c{i}", T0), seq_of(i, 0))
+    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
+    assert len(journey.seen) == MAX_SEEN_IDS
+    assert admit(journey, click("c0", T0), seq_of(10**6, 0)) is Admission.NEW  # forgotten: the oldest
+    assert admit(journey, click(f"c{MAX_SEEN_IDS + 99}", T0), seq_of(10**6, 1)) is Admission.DUPLICATE
+    assert len(orjson.dumps(journey.to_row())) < 512 * 1024  # far below Kafka's 1 MiB message limit
+
+
+def test_a_full_journey_row_stays_far_below_the_kafka_message_limit() -> None:
+    journey = Journey()
+    for i in range(MAX_SEEN_IDS * 2):
+        event = Touch("c", f"click-{i:012d}-{'x' * 40}", T0 - i, "t" * 128, "c" * 64, "k" * 128, "a" * 64, 1.5)
+        admit(journey, event, seq_of(10**9 + i, 1023))
+        journey.add_touch(event)
+    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
+    assert len(orjson.dumps(journey.to_row())) < 768 * 1024
+
+
+def test_spend_rows_of_a_channel_spread_over_its_shards_by_event_id() -> None:
+    keys = {spend_key("google_ads", f"spend-{i}") for i in range(2000)}
+    assert len(keys) == SPEND_SHARDS
+    assert all(k.startswith(SPEND_KEY_PREFIX + "google_ads/") for k in keys)
+    assert spend_key("google_ads", "spend-7") == spend_key("google_ads", "spend-7")  # a repeat meets its original
+    assert spend_key("google_ads", "spend-7") != spend_key("meta_ads", "spend-7")
 
 
 def test_prune_does_nothing_while_event_time_stands_still() -> None:
@@ -252,7 +320,7 @@ def test_prune_does_nothing_while_event_time_stands_still() -> None:
     journey.add_touch(click("c1", T0 - 100 * DAY))
     before = Journey.from_row(journey.to_row())
     for _ in range(3):  # however much wall-clock time passes between prunes
-        journey.prune(LOOKBACK, DEDUP)
+        journey.prune(LOOKBACK, LOOKBACK, DEDUP)
     assert journey == before
 
 

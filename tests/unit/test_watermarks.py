@@ -95,3 +95,13 @@ def test_a_later_report_of_a_source_replaces_its_earlier_one() -> None:
     marks.report(0, "a", 1_000, now=0.0)
     marks.report(0, "a", 3_000, now=1.0)
     assert marks.watermark(0, now=1.0) == 3_000
+
+
+def test_a_partition_read_to_its_end_counts_up_to_when_its_end_was_asked_for() -> None:
+    progress = TouchProgress()
+    progress.saw(IMP0, offset=4, max_ts=5_000)
+    progress.saw(CLK0, offset=2, max_ts=3_000)
+    ends = {IMP0: 5, CLK0: 3}
+    assert progress.watermark([IMP0, CLK0], ends.__getitem__, no_position, caught_up=9_000) == 9_000
+    ends[CLK0] = 4  # a click produced since: the clicks partition holds the mark at what it has read
+    assert progress.watermark([IMP0, CLK0], ends.__getitem__, no_position, caught_up=9_500) == 3_000
