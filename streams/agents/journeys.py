@@ -47,7 +47,7 @@ SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) 
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
 FUTURE_TOLERANCE_MS = 300_000
-TOUCH_OR_SPEND = ("i", "c", "s")
+TOUCHES = ("i", "c")
 TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
 
 
@@ -110,7 +110,7 @@ class JourneyStage:
             return
         if admission is Admission.NEW and kind != "o":  # an order is judged ok once its order_id is held
             self.outcome[kind, "ok"].inc()
-        if admission is Admission.NEW and kind in TOUCH_OR_SPEND:  # conversions: once attributed
+        if admission is Admission.NEW and kind in TOUCHES:  # conversions once attributed; spend comes late by design
             self.w.metrics.lag.observe(max(0.0, now_ms - item.ts) / 1000)
         if isinstance(item, Spend):
             self.count_touch_or_spend(partition, seq, item, partials, admission)
