@@ -147,6 +147,35 @@ def judge(state: KeyState, t: Thresholds) -> Verdict:
     return Verdict(state._replace(action=action), message)
 
 
+class Settling:
+    """A new action is announced only once the judgement has called for it for `settle_s` of wall
+    clock. Spend is counted as it arrives, the orders it paid for only after ATTRIBUTION_GRACE, so
+    a channel's figures can call for `pause` for a second or two and then for `keep` again; a budget
+    decision must not follow that. In memory: after a restart a change just settles again."""
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self.since: dict[str, tuple[Action, float]] = {}  # key -> (the action called for, since when)
+
+    def settled(self, key: str, wanted: Action | None, current: Action | None, now: float) -> bool:
+        """Whether `wanted` (the judgement now) is to be announced in place of `current`."""
+        if wanted is None or wanted == current:
+            self.since.pop(key, None)
+            return False
+        action, since = self.since.get(key, (None, now))
+        if action != wanted:
+            self.since[key] = (wanted, now)
+            return self.settle_s <= 0
+        return now - since >= self.settle_s
+
+    def waiting(self) -> set[str]:
+        """Keys with a change still settling: they are judged again even when no figures change."""
+        return set(self.since)
+
+    def forget(self, key: str) -> None:
+        self.since.pop(key, None)
+
+
 def format_duration(ms: int) -> str:
     """Milliseconds -> the largest unit that divides them: 3600000 -> `1h`, 90000 -> `90s`."""
     for unit, size in _UNITS:

@@ -7,7 +7,8 @@
 
 The table is keyed like the metric topics, so each worker judges the keys whose partitions it
 reads. Keys are judged at most once a second, and only when a metric message changed them; a
-message goes to `signals` only when the key's action changes. The action is kept in the key's
+message goes to `signals` only when the key's action changes and the new one has held for the
+settle time (`streams.signals.Settling`: twice the grace plus two seconds). The action is kept in the key's
 row, so a restarted worker does not announce again what it already announced. A key with no
 figures for SIGNAL_WINDOW + ALLOWED_LATENESS of event time is forgotten, with its gauge.
 """
@@ -16,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from streams.app import Wiring
 from streams.kafka import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
-from streams.signals import ACTIONS, KeyState, Thresholds, judge
+from streams.signals import ACTIONS, KeyState, Settling, Thresholds, judge
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
@@ -39,8 +42,10 @@ def key_partition(key: str, partition_of: Any) -> int:
 
 
 class SignalStage:
-    def __init__(self, w: Wiring) -> None:
+    def __init__(self, w: Wiring, clock: Callable[[], float] = time.monotonic) -> None:
         self.w = w
+        self.clock = clock
+        self.settling = Settling(2 * w.settings.attribution_grace_ms / 1000 + 2 * JUDGE_INTERVAL_S)
         self.table = w.signal_keys
         self.thresholds = Thresholds.from_settings(w.settings)
         self.allowed_lateness_ms = w.settings.allowed_lateness_ms
@@ -70,15 +75,19 @@ class SignalStage:
             self.dirty.add(key)
 
     async def judge(self) -> None:
-        dirty, self.dirty = self.dirty, set()
+        dirty, self.dirty = self.dirty | self.settling.waiting(), set()
+        now = self.clock()
         for key in sorted(dirty):
             row = self.table.get(key)
             if not row:
+                self.settling.forget(key)
                 continue
             state = KeyState.from_row(row)
             verdict = judge(state, self.thresholds)
-            if verdict.message is None:
+            wanted = None if verdict.message is None else verdict.message["action"]
+            if not self.settling.settled(key, wanted, state.action, now) or verdict.message is None:
                 continue
+            self.settling.forget(key)
             # Announce first, then remember: a crash in between announces again rather than never.
             await self.w.signals.send(key=state.key.encode(), value=orjson.dumps(verdict.message))
             self.table[key] = verdict.state.to_row()
@@ -99,6 +108,7 @@ class SignalStage:
             if row[3] < horizon:
                 del self.table[key]
                 self.dirty.discard(key)
+                self.settling.forget(key)
                 self.remove_gauge(key)
 
     def remove_gauge(self, key: str) -> None:

@@ -13,7 +13,7 @@ from streams.agents.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
 from streams.config import Settings
 from streams.kpis import Figures, metrics_message, romi
 from streams.observability import WorkerMetrics
-from streams.signals import KeyState, Span, Thresholds, decide, format_duration, judge, reason
+from streams.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
 from streams.top import Board
 
 H = 3_600_000
@@ -226,12 +226,24 @@ class FakeTopic:
         self.sent.append((key, orjson.loads(value)))
 
 
-def stage() -> SignalStage:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stage(settle: bool = False) -> SignalStage:
+    """A stage on fake wiring; unless `settle`, a change is announced at its first judgement."""
     registry = CollectorRegistry()
     w = SimpleNamespace(settings=Settings(), signal_keys=FakeTable(), signals=FakeTopic(),
                         metrics=WorkerMetrics(registry, 10), registry=registry,
                         partition_of=lambda key: 0, assigned=lambda topic: {0})
-    return SignalStage(w)  # type: ignore[arg-type]
+    s = SignalStage(w, clock=Clock())  # type: ignore[arg-type]
+    if not settle:
+        s.settling.settle_s = 0.0
+    return s
 
 
 def batch(*items: tuple[str, int, dict[str, Any]]) -> list[Any]:
@@ -287,3 +299,72 @@ async def test_a_key_silent_for_the_signal_window_plus_the_lateness_is_forgotten
 
     assert set(s.table) == {CHANNEL_PREFIX + "tiktok"}
     assert gauge(s, "bing", "", "pause") is None and gauge(s, "tiktok", "", "pause") == 1.0
+
+
+# --- settling: a change of action is announced once it has held for the settle time ---
+
+
+def test_a_new_action_is_announced_only_after_it_held_for_the_settle_time() -> None:
+    settling = Settling(6.0)
+    assert not settling.settled("tiktok", "pause", None, now=100.0)
+    assert not settling.settled("tiktok", "pause", None, now=105.9)
+    assert settling.settled("tiktok", "pause", None, now=106.0)
+
+
+def test_a_change_that_goes_back_before_it_settles_is_never_announced() -> None:
+    settling = Settling(6.0)
+    assert not settling.settled("email", "pause", "scale", now=100.0)  # spend in, its orders still in the grace
+    assert not settling.settled("email", "scale", "scale", now=102.0)  # the orders came: back to scale
+    assert not settling.settled("email", "pause", "scale", now=107.0)  # a new pause starts its own settle time
+    assert settling.waiting() == {"email"}
+    assert settling.settled("email", "pause", "scale", now=113.0)
+
+
+def test_a_judgement_that_changes_its_mind_restarts_the_settle_time() -> None:
+    settling = Settling(6.0)
+    assert not settling.settled("bing", "pause", "keep", now=100.0)
+    assert not settling.settled("bing", "scale", "keep", now=104.0)
+    assert not settling.settled("bing", "scale", "keep", now=109.0)
+    assert settling.settled("bing", "scale", "keep", now=110.0)
+
+
+def test_no_judgement_under_the_minimum_spend_clears_a_settling_change() -> None:
+    settling = Settling(6.0)
+    settling.settled("bing", "pause", "keep", now=100.0)
+    assert not settling.settled("bing", None, "keep", now=101.0)
+    assert settling.waiting() == set()
+
+
+async def test_the_stage_judges_a_settling_key_again_without_new_figures_and_announces_once() -> None:
+    s = stage(settle=True)
+    clock = s.clock
+    s.absorb_batch(batch(("metrics.channel", 0, window(T0, 100.0, 10.0))))
+    await s.judge()
+    assert s.w.signals.sent == []
+    clock.now += s.settling.settle_s  # type: ignore[attr-defined]
+    await s.judge()  # no metric message in between: the settling key is judged all the same
+    await s.judge()
+
+    assert [(k, m["action"]) for k, m in s.w.signals.sent] == [(b"tiktok", "pause")]
+    assert s.settling.settle_s == pytest.approx(2 * Settings().attribution_grace_ms / 1000 + 2.0)
+
+
+async def test_the_stage_says_nothing_when_a_pause_is_withdrawn_within_the_settle_time() -> None:
+    s = stage(settle=True)
+    clock = s.clock
+    s.absorb_batch(batch(("metrics.channel", 0, window(T0, 100.0, 300.0))))
+    await s.judge()
+    clock.now += s.settling.settle_s  # type: ignore[attr-defined]
+    await s.judge()
+    assert [m["action"] for _, m in s.w.signals.sent] == ["scale"]
+
+    s.absorb_batch(batch(("metrics.channel", 1, window(T0 + W, 1000.0, 0.0))))  # new spend, its orders not yet in
+    await s.judge()
+    clock.now += 2.0  # type: ignore[attr-defined]
+    s.absorb_batch(batch(("metrics.channel", 2, window(T0 + W, 1000.0, 3000.0))))  # its orders are attributed
+    await s.judge()
+    clock.now += s.settling.settle_s  # type: ignore[attr-defined]
+    await s.judge()
+
+    assert [m["action"] for _, m in s.w.signals.sent] == ["scale"]
+    assert s.settling.waiting() == set()
