@@ -59,6 +59,8 @@ TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-chann
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
 INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC)
 CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
+# Tables keyed like these topics find a key's partition with TOPIC_PARTITIONS: they must have that many.
+CO_PARTITIONED_TOPICS = INTERNAL_TOPICS + CHANGELOG_TOPICS + (METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC)
 
 
 def partition_of(key: str, partitions: int) -> int:

@@ -46,18 +46,18 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 
 async def _prepare(bootstrap: str, settings: Settings) -> None:
     """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
-    from streams.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
+    from streams.app import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
     from streams.kafka import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
 
     await wait_for_broker(bootstrap)
     await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
-    counts = await partition_counts(bootstrap, INTERNAL_TOPICS + CHANGELOG_TOPICS)
+    counts = await partition_counts(bootstrap, CO_PARTITIONED_TOPICS)
     wrong = {name: n for name, n in counts.items() if n != settings.topic_partitions}
     if wrong:
         found = ", ".join(f"{name} has {n}" for name, n in sorted(wrong.items()))
         raise PartitionMismatch(
             f"TOPIC_PARTITIONS={settings.topic_partitions} but {found} partitions; the engine's state is "
-            "partitioned like these topics: set TOPIC_PARTITIONS to match, or delete the internal topics"
+            "partitioned like these topics: set TOPIC_PARTITIONS to match, or recreate the topics"
         )
 
 
