@@ -35,6 +35,7 @@ class Expected:
     events: int = 0
     by_topic: Counter[str] = field(default_factory=Counter)
     tracking_ids: int = 0
+    customer_orders: int = 0  # orders with a customer_id: what the lifetime-value stage takes
 
     @property
     def touches(self) -> int:
@@ -56,9 +57,10 @@ class Visitor:
 class EventSource:
     """An endless, seeded stream of contract-shaped event dicts with a given `ts` per event."""
 
-    def __init__(self, seed: int = 7, prefix: str = "b") -> None:
+    def __init__(self, seed: int = 7, prefix: str = "b", order_rate: float = 0.12) -> None:
         self.rng = random.Random(seed)
         self.prefix = prefix
+        self.order_rate = order_rate  # chance that a visitor who clicked orders
         self.visitors: list[Visitor] = []
         self.serial = 0
         self.visitor_serial = 0
@@ -78,7 +80,7 @@ class EventSource:
             steps += [("click", channel, campaign)] * (1 + int(rng.random() < 0.3))
             if rng.random() < 0.12:
                 steps.append(("lead", channel, campaign))
-            if rng.random() < 0.12:
+            if rng.random() < self.order_rate:
                 steps.append(("order", channel, campaign))
         steps.reverse()
         return Visitor(f"{self.prefix}v{self.visitor_serial}", steps)
@@ -148,10 +150,12 @@ class Dataset:
     expected: Expected
 
 
-def build(n: int, shape: str, start_ms: int, span_ms: int, seed: int = 7, partitions: int = 4) -> Dataset:
+def build(n: int, shape: str, start_ms: int, span_ms: int, seed: int = 7, partitions: int = 4,
+          order_rate: float = 0.12) -> Dataset:
     """`n` events with `ts` spread evenly over [start_ms, start_ms + span_ms), as one event per message
-    (keyed by tracking ID, like the collector) or JSON arrays of BATCH_SIZE events per topic."""
-    source = EventSource(seed)
+    (keyed by tracking ID, like the collector) or JSON arrays of BATCH_SIZE events per topic. `order_rate`:
+    the chance that a visitor who clicked orders (0.12, the realistic mix; higher for an order-heavy mix)."""
+    source = EventSource(seed, order_rate=order_rate)
     expected = Expected()
     tids: set[str] = set()
     per_topic: dict[str, list[dict[str, Any]]] = {topic: [] for topic in INPUT_TOPICS}
@@ -160,6 +164,7 @@ def build(n: int, shape: str, start_ms: int, span_ms: int, seed: int = 7, partit
     for i in range(n):
         topic, event = source.next_event(start_ms + (i * span_ms) // n)
         expected.by_topic[topic] += 1
+        expected.customer_orders += topic == "orders" and "customer_id" in event
         if "tracking_id" in event:
             tids.add(event["tracking_id"])
         if shape == "single":

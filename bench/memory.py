@@ -1,6 +1,7 @@
-"""Bytes per tracking ID in the journeys state and per remembered event id.
+"""Bytes per tracking ID in the journeys state and per remembered event id; bytes per remembered customer.
 
     python -m bench.memory [--ids 1000000] [--typical 100000]
+    python -m bench.memory --case customers1 --n 100000 --unit traced   (one case: 1 order per customer)
 
 Runs in its own interpreter. Builds journeys the way the journeys agent does (orjson-decoded
 events -> `streams.events` rows -> `Journey.admit` / `add_touch` -> `to_row()`), and keeps the rows
@@ -14,6 +15,10 @@ process really grew by, allocator overhead included). Prints one JSON object.
   attributed, so nothing but their ids stays): the marginal bytes per remembered id
 - touches: one impression plus EXTRA_TOUCHES more impressions: the marginal bytes per touchpoint
   (its remembered id included)
+- customers1 / customers3: lifetime-value customers (`ltv-customers` table) with 1 / 3 orders each, built as
+  the ltv-customers agent builds them (the journeys stage's order records, UUID event ids, decoded from bytes
+  -> `CustomerOrder.from_record` -> `absorb` -> `to_row()`), kept in a dict under their table key; also the
+  changelog record (key + JSON value) per customer
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from typing import Any
 
 import orjson
 
-from bench.data import EventSource
+from bench.data import CHANNELS, EventSource
 from streams.config import Settings
 from streams.events import Touch, from_row, validate
 from streams.journeys import Admission, Journey, event_ids, seq_of
+from streams.ltv import CustomerOrder, absorb
 
 EXTRA_IDS = 20
 EXTRA_TOUCHES = 10
@@ -124,6 +130,62 @@ def measure(kind: str, n: int, traced: bool) -> dict[str, Any]:
     }
 
 
+CUSTOMER_CASES = {"customers1": 1, "customers3": 3}  # case -> orders per customer
+
+
+def customer_orders(n: int, orders: int) -> list[tuple[bytes, list[bytes]]]:
+    """(customer_id, the journeys stage's records of their orders) for n customers, one channel each."""
+    import random
+    import uuid
+
+    rng = random.Random(13)
+    out = []
+    for i in range(n):
+        channel = CHANNELS[i % len(CHANNELS)]
+        records = [orjson.dumps({
+            "p": i % 8, "seq": i * 10 + j, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "ts": T0 + i + j * 86_400_000, "revenue": 100.0, "gross_profit": 40.0, "new_customer": j == 0,
+            "credits": [[channel, 1.0]],
+        }) for j in range(orders)]
+        out.append((f"customer-{i:010d}".encode(), records))
+    return out
+
+
+def measure_customers(kind: str, n: int, traced: bool) -> dict[str, Any]:
+    """Remembered customers as the ltv-customers agent keeps them: bytes each, and their changelog record."""
+    from streams.agents.ltv import customer_key
+    from streams.app import partition_of
+
+    prepared = customer_orders(n, CUSTOMER_CASES[kind])
+    retention = SETTINGS.customer_retention_ms
+    gc.collect()
+    if traced:
+        tracemalloc.start()
+    rss_before = rss_bytes()
+    before = tracemalloc.get_traced_memory()[0]
+    table: dict[str, list[Any]] = {}
+    for customer_id, records in prepared:
+        key = customer_key(partition_of(customer_id.decode(), 8), customer_id.decode())
+        customer = None
+        for record in records:
+            result = absorb(customer, CustomerOrder.from_record(orjson.loads(record)), retention)
+            customer = result.customer or customer
+        table[key] = customer.to_row()  # type: ignore[union-attr]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    rss_after = rss_bytes()
+    tracemalloc.stop()
+    unit = "traced" if traced else "rss"
+    changelog = sum(len(key.encode()) + len(orjson.dumps(row)) for key, row in table.items())
+    return {
+        "kind": kind,
+        "customers": len(table),
+        "orders_per_customer": CUSTOMER_CASES[kind],
+        f"{unit}_bytes_per_customer": ((after - before) if traced else (rss_after - rss_before)) / len(table),
+        "changelog_bytes_per_customer": changelog / len(table),
+    }
+
+
 def run(ids: int, typical: int, progress: Callable[[str], None]) -> dict[str, Any]:
     """Every case in a fresh interpreter, so that one case's freed memory does not hide the next's RSS;
     tracemalloc (which costs memory itself) and RSS in separate runs."""
@@ -146,6 +208,15 @@ def run(ids: int, typical: int, progress: Callable[[str], None]) -> dict[str, An
         field = f"{unit}_bytes_per_id"
         out[f"{unit}_bytes_per_remembered_id"] = (more_ids[field] - base[field]) / EXTRA_IDS
         out[f"{unit}_bytes_per_touch"] = (more_touches[field] - base[field]) / EXTRA_TOUCHES
+    for kind in CUSTOMER_CASES:
+        out[kind] = {}
+        for unit in ("traced", "rss"):
+            progress(f"memory: {kind} lifetime-value customers for {typical:,} customers ({unit}) ...")
+            argv = [sys.executable, "-m", "bench.memory", "--case", kind, "--n", str(typical), "--unit", unit]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv[1:])} failed:\n{result.stderr[-2000:]}")
+            out[kind].update(orjson.loads(result.stdout.strip().splitlines()[-1]))
     out["seconds"] = time.monotonic() - started
     return out
 
@@ -154,11 +225,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=int, default=1_000_000, help="tracking IDs for the base case (RSS)")
     parser.add_argument("--typical", type=int, default=100_000, help="tracking IDs for the other cases")
-    parser.add_argument("--case", choices=("base", "typical", "ids", "touches"), help="measure one case only")
+    parser.add_argument("--case", choices=("base", "typical", "ids", "touches", *CUSTOMER_CASES),
+                        help="measure one case only")
     parser.add_argument("--n", type=int, default=100_000, help="tracking IDs for --case")
     parser.add_argument("--unit", choices=("traced", "rss"), default="traced", help="what --case measures")
     args = parser.parse_args()
-    if args.case:
+    if args.case in CUSTOMER_CASES:
+        result = measure_customers(args.case, args.n, args.unit == "traced")
+    elif args.case:
         result = measure(args.case, args.n, args.unit == "traced")
     else:
         result = run(args.ids, args.typical, lambda text: print(text, file=sys.stderr, flush=True))

@@ -48,6 +48,10 @@ def render(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
     )
     if any(key in results for key in ("single", "batched", "lag", "scale")):
         sections["## Engine end to end"] = engine_section(results, head, args)
+    if results.get("ltv_cost"):
+        from bench.ltv_cost import section as ltv_cost_section
+
+        sections["## Lifetime-value stage cost"] = ltv_cost_section(results["ltv_cost"], head)
     if "memory" in results:
         sections["## Memory"] = memory_section(results["memory"], info)
     if results.get("profile"):
@@ -220,8 +224,17 @@ def memory_section(memory: dict[str, Any], info: dict[str, Any]) -> str:
         f"{typical['traced_bytes_per_id'] * 1e6 / 2**30:.1f} GiB.",
         f"- A week of event ids at 1,000 events/s ({EVENTS_PER_WEEK_AT_1K / 1e6:,.0f}M ids, DEDUP_WINDOW 7d) at "
         f"{per_id:,.0f} B each: {EVENTS_PER_WEEK_AT_1K * per_id / 2**30:,.0f} GiB.",
-        "",
     ]
+    if "customers1" in memory:  # the lifetime-value stage's ltv-customers table
+        one, three = memory["customers1"], memory["customers3"]
+        out.append(
+            f"- **Per remembered customer** (lifetime value, `ltv-customers`: key + row + dict slot, one acquiring "
+            f"channel, UUID event ids; {one['customers']:,} customers): **{one['traced_bytes_per_customer']:,.0f} B** "
+            f"with 1 order ({one['rss_bytes_per_customer']:,.0f} B RSS), {three['traced_bytes_per_customer']:,.0f} B "
+            f"with 3 orders; changelog record (key + JSON value) {one['changelog_bytes_per_customer']:,.0f} B / "
+            f"{three['changelog_bytes_per_customer']:,.0f} B: 1M customers ~ "
+            f"{one['traced_bytes_per_customer'] * 1e6 / 2**30:.2f} GiB.")
+    out.append("")
     return "\n".join(out)
 
 

@@ -1,6 +1,6 @@
 """End-to-end benchmark of the engine on a real Apache Kafka broker (`make bench`).
 
-    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory] [--wait-load SECONDS]
+    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory,ltv-cost] [--wait-load SECONDS]
 
 Everything runs on this machine, each scenario on its own broker (free port, temp data dir):
 
@@ -21,8 +21,11 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
    `attribution_event_lag_seconds` histogram over the same span.
 4. scaling: batched data on 8 partitions, one worker, then two workers (fresh broker each), with the CPU
    each process (broker included) used.
-5. memory: bytes per tracking ID and per remembered event id (bench/memory.py).
-6. with --profile, after the rest: py-spy samples a worker through a throughput run of each shape and a
+5. memory: bytes per tracking ID and per remembered event id, and per remembered customer of the
+   lifetime-value stage (bench/memory.py).
+6. ltv-cost: the throughput measure of 1./2. (batched), with the lifetime-value stage and with LTV_STAGE=off, on
+   the same data, for the realistic mix and an order-heavy one (bench/ltv_cost.py).
+7. with --profile, after the rest: py-spy samples a worker through a throughput run of each shape and a
    5,000/s lag phase (bench/profile.py says where its time goes).
 
 Compare figures only within one run (ratios): the machine is shared. Before measuring it waits (up to
@@ -67,7 +70,7 @@ from tests.integration.services import KafkaBroker, WorkerProcess, create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
-SECTIONS = ("## Engine end to end", "## Memory", "## Engine profile")
+SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory", "## Engine profile")
 WINDOW_MS = 60_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
@@ -488,9 +491,10 @@ class Run:
             raise BenchError(f"{what} exited with status {process.returncode}")
 
     # the engine ---------------------------------------------------------------------------------------
-    def workers(self, label: str, bootstrap: str, partitions: int, count: int) -> list[WorkerProcess]:
+    def workers(self, label: str, bootstrap: str, partitions: int, count: int,
+                extra_env: dict[str, str] | None = None) -> list[WorkerProcess]:
         env = {"TOPIC_PARTITIONS": str(partitions), "LOG_LEVEL": self.args.worker_log_level, "REDIS_URL": "",
-               "STATE_STORE": "memory"}
+               "STATE_STORE": "memory", **(extra_env or {})}
         argv = None
         if self.args.worker_fetch_wait_ms is not None:  # an experiment: the engine's constant, patched at start
             argv = [sys.executable, "-c", f"import sys, streams.app as app; app.FETCH_MAX_WAIT_MS = "
@@ -505,12 +509,12 @@ class Run:
 
     async def engine(
         self, label: str, broker: KafkaBroker, dataset: data.Dataset, partitions: int, count: int = 1,
-        keep: bool = False, profile: Path | None = None,
+        keep: bool = False, profile: Path | None = None, extra_env: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any], list[WorkerProcess], MetricsWatcher]:
         expected = dataset.expected
         watcher = MetricsWatcher(broker.bootstrap)
         await watcher.start(partitions)
-        workers = self.workers(label, broker.bootstrap, partitions, count)
+        workers = self.workers(label, broker.bootstrap, partitions, count, extra_env)
         say(f"engine ({label}): {count} worker(s) on {partitions} partitions, {expected.events:,} events, "
             f"{dataset.shape} input ...")
         for worker in workers:
@@ -593,6 +597,8 @@ class Run:
             "per_cpu_s": expected.events / max(cpu_done.workers - cpu_first.workers, 1e-9),
             "metric_messages": len(watcher.log),
             "records_written": written,
+            "started_wall": first_wall,  # the intake's first output, for measures that go on (bench/ltv_cost.py)
+            "started_cpu_workers": cpu_first.workers,
         }
         if written:
             total = sum(written.values())
@@ -790,7 +796,8 @@ def tail(path: Path, lines: int = 30) -> str:
 async def run_all(run: Run) -> None:
     sizes, results, now_ms = run.sizes, run.results, int(time.time() * 1000)
     start_ms, span_ms = now_ms - 70 * 60_000, 60 * 60_000  # an hour of event time ending 10 min ago
-    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "memory"}
+    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "memory",
+                                                                  "ltv-cost"}
 
     if "single" in wanted:
         broker = await run.broker("single", 4)
@@ -840,6 +847,12 @@ async def run_all(run: Run) -> None:
             engine, _, _ = await run.engine(f"scale-{count}w", broker, dataset, 8, count=count)
             results["scale"].append(engine | {"shape": dataset.shape})
             run.retire(broker)
+
+    if "ltv-cost" in wanted:
+        from bench.ltv_cost import measure as measure_ltv_cost
+
+        results["ltv_cost"] = await measure_ltv_cost(run, sizes.batched, start_ms, span_ms, run.args.ltv_rounds,
+                                                     not run.args.ltv_sequential)
 
     if "memory" in wanted:
         from bench.memory import run as measure_memory
@@ -910,8 +923,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="End-to-end engine benchmark.")
     parser.add_argument("--quick", action="store_true", help="smaller N and shorter phases (~3 minutes)")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
-    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory "
-                        "(another name, e.g. 'profile' with --profile, runs none of them)")
+    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory,"
+                        "ltv-cost (another name, e.g. 'profile' with --profile, runs none of them)")
+    parser.add_argument("--ltv-rounds", type=int, default=1,
+                        help="ltv-cost: rounds per mix of a run with and one without the LTV stage (default 1)")
+    parser.add_argument("--ltv-sequential", action="store_true",
+                        help="ltv-cost: the two runs of a round one after the other, not at the same time")
     parser.add_argument("--rate", type=float, default=5_000.0, help="events/s of the lag phase (default 5000)")
     parser.add_argument("--low-rate", type=float, default=1_000.0,
                         help="a first lag phase at this rate, where one worker keeps up (0: none; not with --quick)")

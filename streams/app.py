@@ -1,6 +1,6 @@
 """The faust.App and every topic and table: the wiring on one screen.
 
-    input topics ──intake──► attribution-journey-events (by tracking ID; spend by channel)
+    input topics ──intake──► attribution-journey-events (by tracking ID; spend by channel shard)
                                   │ journeys: dedup, touchpoints, conversions after the grace
                                   ├──► attributions
                                   ▼
@@ -174,11 +174,13 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
 
     from streams.agents import intake, journeys, ltv, metrics, signals, web
 
-    wiring.ltv_partials_topic = app.topic(LTV_PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
-    wiring.ltv_channel_inputs = app.topic(LTV_PARTIALS_TOPIC, METRICS_CHANNEL_TOPIC, key_type=bytes, value_type=bytes)
-    wiring.metrics_ltv = app.topic(METRICS_LTV_TOPIC, partitions=n)
-    wiring.ltv_customers = _table(app, "ltv-customers", n, ltv.key_partition)
-    wiring.ltv_channels = _table(app, "ltv-channels", n, wiring.partition_of)
+    if settings.ltv_stage:  # LTV_STAGE=off: no lifetime-value tables or agents, no customer orders sent
+        wiring.ltv_partials_topic = app.topic(LTV_PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+        wiring.ltv_channel_inputs = app.topic(LTV_PARTIALS_TOPIC, METRICS_CHANNEL_TOPIC, key_type=bytes,
+                                              value_type=bytes)
+        wiring.metrics_ltv = app.topic(METRICS_LTV_TOPIC, partitions=n)
+        wiring.ltv_customers = _table(app, "ltv-customers", n, ltv.key_partition)
+        wiring.ltv_channels = _table(app, "ltv-channels", n, wiring.partition_of)
     wiring.signal_inputs = app.topic(METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC, key_type=bytes, value_type=bytes)
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
     wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
@@ -186,7 +188,8 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     intake.register(wiring)
     journeys.register(wiring)
     metrics.register(wiring)
-    ltv.register(wiring)
+    if settings.ltv_stage:
+        ltv.register(wiring)
     signals.register(wiring)
     web.register(wiring)
     return wiring

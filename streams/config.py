@@ -88,6 +88,7 @@ class Settings:
     log_level: str = "WARNING"
     worker_name: str = ""
     state_dir: str = ".run/state"
+    ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -128,6 +129,7 @@ class Settings:
             log_level=reader.get("LOG_LEVEL", "WARNING", _log_level),
             worker_name=reader.get("WORKER_NAME", "", str),
             state_dir=reader.get("STATE_DIR", ".run/state", str),
+            ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
         )
 
 
@@ -215,6 +217,12 @@ def _redis_url(text: str) -> str:
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"must start with redis://, rediss:// or unix://, got {text!r}")
     return text
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"must be on or off, got {text!r}")
+    return text == "on"
 
 
 def _log_level(text: str) -> str:

@@ -248,7 +248,7 @@ class JourneyStage:
             self.w.attributions.send_soon(key=conversion.event_id.encode(), value=orjson.dumps(message))
             self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
             self.count_commissions(message["commissions"])
-            if isinstance(conversion, Order) and conversion.customer_id:
+            if isinstance(conversion, Order) and conversion.customer_id and self.w.settings.ltv_stage:
                 self.send_customer_order(partition, seq, conversion, message)
             self.w.metrics.lag.observe(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
         for key, journey in journeys.items():

@@ -11,6 +11,8 @@ from streams.agents.ltv import LTV_NAMESPACE
 from streams.agents.metrics import KPI_NAMESPACE
 from streams.app import Wiring
 
+LTV_OFF = {"error": "lifetime value is off on this worker (LTV_STAGE=off)"}
+
 
 def latest_kpis(stored: dict[str, bytes]) -> list[dict[str, Any]]:
     """Per channel the current and the last closed window, ordered by channel then window."""
@@ -54,5 +56,7 @@ def register(w: Wiring) -> None:
 
     @w.app.page("/api/v1/ltv")
     async def ltv(web: Any, request: Any) -> Any:
+        if not w.settings.ltv_stage:  # not stale figures from an earlier run: say why there are none
+            return web.bytes(orjson.dumps(LTV_OFF), content_type="application/json", status=404)
         stored = await w.store.get_latest(LTV_NAMESPACE)
         return web.bytes(orjson.dumps(latest_ltv(stored)), content_type="application/json")

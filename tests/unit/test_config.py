@@ -187,3 +187,26 @@ def test_the_cli_stops_on_a_bad_value_before_running_any_command(monkeypatch: py
     monkeypatch.setenv("TOPIC_PARTITIONS", "many")
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: pytest.fail(f"{name} was imported"))
     assert cli.main(["worker"]) == 2
+
+
+# --- not in the contract: LTV_STAGE (issue #10: the lifetime-value stage can be switched off) ------------
+
+
+@pytest.mark.parametrize(("text", "on"), [("on", True), ("off", False), (" off ", False), ("", True)])
+def test_ltv_stage_is_on_or_off_and_on_by_default(text: str, on: bool) -> None:
+    assert settings().ltv_stage is True
+    assert settings(LTV_STAGE=text).ltv_stage is on
+
+
+@pytest.mark.parametrize("text", ["no", "false", "0", "ON", "disabled"])
+def test_a_bad_ltv_stage_raises_config_error_naming_it(text: str) -> None:
+    with pytest.raises(ConfigError, match=f"^LTV_STAGE={text!r} is not valid: must be on or off"):
+        settings(LTV_STAGE=text)
+
+
+def test_the_cli_exits_2_on_a_bad_ltv_stage(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LTV_STAGE", "maybe")
+    assert cli.main(["top", "--once"]) == 2
+    assert "LTV_STAGE='maybe'" in capsys.readouterr().err

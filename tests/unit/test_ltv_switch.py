@@ -1,0 +1,73 @@
+"""LTV_STAGE=off (issue #10): no lifetime-value agents or tables, no customer orders, a clear 404 on the read API."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from streams.agents.journeys import JourneyStage
+from streams.app import build
+from streams.config import Settings
+from streams.events import Order
+from streams.journeys import Journey
+from streams.observability import WorkerMetrics
+from streams.store import MemoryStore
+
+T0 = 1_763_800_000_000
+LTV_AGENTS = {"ltv-customers", "ltv-channels"}
+
+
+def settings(ltv_stage: bool, tmp_path: Path) -> Settings:
+    return dataclasses.replace(Settings.from_env({}), ltv_stage=ltv_stage, state_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_build_registers_the_ltv_stage_only_when_on(on: bool, tmp_path: Path) -> None:
+    w = build(settings(on, tmp_path), "127.0.0.1:9", MemoryStore())  # builds only: nothing connects
+    assert (set(w.app.agents) >= LTV_AGENTS) is on
+    assert (set(w.app.tables) >= LTV_AGENTS) is on
+    assert {"intake", "journeys", "metrics", "signals"} <= set(w.app.agents)
+    assert ("ltv-customers" in w.state) is on
+
+
+@pytest.mark.parametrize(("on", "status"), [(True, 200), (False, 404)])
+async def test_the_ltv_read_api_says_when_the_stage_is_off(on: bool, status: int, tmp_path: Path) -> None:
+    w = build(settings(on, tmp_path), "127.0.0.1:9", MemoryStore())
+    async with TestClient(TestServer(w.app.web.web_app)) as client:
+        response = await client.get("/api/v1/ltv")
+        body = orjson.loads(await response.read())
+    assert response.status == status
+    assert response.content_type == "application/json"
+    assert (body == []) if on else ("LTV_STAGE=off" in body["error"])
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_path: Path) -> None:
+    sent: dict[str, list[Any]] = {"attributions": [], "customer_orders": []}
+
+    def topic(name: str) -> SimpleNamespace:
+        return SimpleNamespace(send_soon=lambda key, value: sent[name].append(key))
+
+    w = SimpleNamespace(
+        settings=settings(on, tmp_path), metrics=WorkerMetrics(CollectorRegistry(), 10), journeys={}, partials={},
+        attributions=topic("attributions"), customer_orders=topic("customer_orders"),
+        affiliates=SimpleNamespace(by_id={}, by_promo_code={}),
+    )
+    stage = JourneyStage(w)  # type: ignore[arg-type]
+    order = Order("o", "e-1", T0, "tid-1", "order-1", 50.0, None, None, "cust-1")
+    journey = Journey()
+    journey.add_pending(7, order)
+    w.journeys["tid-1"] = journey.to_row()
+
+    stage.apply([(0, "tid-1", 7, order)], set(), {"e-1": True})
+
+    assert sent["attributions"] == [b"e-1"]  # attributed and counted either way
+    assert sent["customer_orders"] == ([b"cust-1"] if on else [])
+    assert w.partials  # the metric partials still take the order
