@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from streams.affiliate_directory import AffiliateDirectory
 from streams.config import Settings
 from streams.events import INPUT_TOPICS
+from streams.faust_patches import drain_producer_buffer_on_flush, seek_uncommitted_partitions_to_beginning
 from streams.kafka import (
     ATTRIBUTIONS_TOPIC,
     DLQ_TOPIC,
@@ -127,6 +128,8 @@ class Wiring:
 
 def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0) -> Wiring:
     lower_fetch_wait(FETCH_MAX_WAIT_MS)
+    drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
+    seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],

@@ -157,18 +157,26 @@ class GraceQueue:
     """Conversions waiting for their touchpoints, per journey partition, in arrival order.
 
     A conversion with event time T is ready when it has waited the grace (wall clock) and
-    every live intake reports its touchpoint partitions read past T (see streams.watermarks).
+    every intake that counts reports its touchpoint partitions read past T, in a report that
+    arrived after the conversion did (see streams.watermarks: a report made earlier, the last one of
+    a killed worker say, may predate touchpoints that a backfill produced just before the conversion).
     No conversion waits longer than `max_hold_s`, whatever the reports say: a source that is
     stuck or far behind must not hold attribution back forever. Within a partition conversions
-    leave in arrival order, which the partial sums' sequence marks rely on.
+    leave in sequence order, which the partial sums' sequence marks rely on: after recovery a
+    partition is held (`hold`) until the stage has read the journeys topic past the last message
+    whose conversions were recovered (`read`), so that conversions read again from the topic (their
+    journey rows were lost with the crash) are queued before any leaves, then sorted in with the
+    recovered ones.
     """
 
     def __init__(self, grace_s: float, max_hold_s: float, sources: SourceWatermarks) -> None:
         self.grace_s = grace_s
         self.max_hold_s = max_hold_s
         self.sources = sources
-        self.waiting: dict[int, deque[tuple[float, float, str, int, int]]] = {}  # (due, hold_until, key, seq, ts)
+        # per partition: (due, hold_until, key, seq, ts, since: reports count from this time on)
+        self.waiting: dict[int, deque[tuple[float, float, str, int, int, float]]] = {}
         self.queued: set[tuple[str, int]] = set()
+        self.held: dict[int, int] = {}  # partition -> offset the stage must read before any conversion leaves
 
     def __len__(self) -> int:
         return len(self.queued)
@@ -177,26 +185,42 @@ class GraceQueue:
         if (key, seq) in self.queued:
             return
         self.queued.add((key, seq))
-        self.waiting.setdefault(partition, deque()).append((now + self.grace_s, now + self.max_hold_s, key, seq, ts))
+        self.waiting.setdefault(partition, deque()).append(
+            (now + self.grace_s, now + self.max_hold_s, key, seq, ts, now)
+        )
 
     def ready(self, now: float, partitions: set[int]) -> list[tuple[int, str, int]]:
         out: list[tuple[int, str, int]] = []
-        for partition in partitions & self.waiting.keys():
+        for partition in (partitions & self.waiting.keys()) - self.held.keys():
             queue = self.waiting[partition]
-            watermark = self.sources.watermark(partition, now)
             while queue:
-                due, hold_until, key, seq, ts = queue[0]
-                passed = watermark is not None and watermark >= ts
-                if now < due or not (passed or now >= hold_until):
+                due, hold_until, key, seq, ts, since = queue[0]
+                if now < due or not (now >= hold_until or self.sources.passed(partition, ts, since, now)):
                     break
                 queue.popleft()
                 self.queued.discard((key, seq))
                 out.append((partition, key, seq))
         return out
 
+    def hold(self, partition: int, offset: int) -> None:
+        """Nothing of the partition leaves until `read` reports a message at or past `offset`."""
+        self.held[partition] = max(offset, self.held.get(partition, offset))
+
+    def read(self, partition: int, offset: int, now: float | None = None) -> None:
+        """The stage has absorbed the message at `offset` of the partition (at `now`: from then on the
+        reports count for the recovered conversions; those read before were made before some of them)."""
+        held = self.held.get(partition)
+        if held is not None and offset >= held:
+            del self.held[partition]
+            if partition in self.waiting:
+                items = sorted(self.waiting[partition], key=lambda item: item[3])
+                if now is not None:
+                    items = [(*item[:5], max(item[5], now)) for item in items]
+                self.waiting[partition] = deque(items)
+
     def put_back(self, items: list[tuple[int, str, int, int]], now: float, delay_s: float) -> None:
         """Items (partition, key, seq, ts) that were ready but could not be attributed: retried first."""
         for partition, key, seq, ts in reversed(items):
             self.queued.add((key, seq))
             retry = now + delay_s
-            self.waiting.setdefault(partition, deque()).appendleft((retry, retry, key, seq, ts))
+            self.waiting.setdefault(partition, deque()).appendleft((retry, retry, key, seq, ts, now))

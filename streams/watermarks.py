@@ -67,16 +67,37 @@ class TouchProgress:
 
 
 class SourceWatermarks:
-    """Per journey partition, the latest watermark each intake reported; stale sources are ignored."""
+    """Per journey partition, the latest watermark each intake reported, with the input partitions it
+    owned then. A source not heard from for `stale_after_s` (a worker gone) is ignored once the live
+    sources own all the partitions it owned; until then its last watermark still counts: a killed
+    worker's unsent touchpoints are read again by the worker that takes its partitions over, which
+    can take longer than `stale_after_s` (the group's session timeout, then the rebalance; found by
+    tests/integration/test_reliability.py). A source that owns nothing claims nothing."""
 
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after_s = stale_after_s
-        self.marks: dict[int, dict[str, tuple[int, float]]] = {}
+        self.marks: dict[int, dict[str, tuple[int, float, frozenset[str] | None]]] = {}
 
-    def report(self, partition: int, source: str, watermark: int, now: float) -> None:
-        self.marks.setdefault(partition, {})[source] = (watermark, now)
+    def report(self, partition: int, source: str, watermark: int, now: float,
+               owned: Iterable[str] | None = None) -> None:
+        self.marks.setdefault(partition, {})[source] = (watermark, now, None if owned is None else frozenset(owned))
+
+    def counted(self, partition: int, now: float) -> list[tuple[int, float]]:
+        """(watermark, reported at) of the sources that count on the partition."""
+        reports = self.marks.get(partition, {}).values()
+        live = [(mark, at, owned) for mark, at, owned in reports if now - at <= self.stale_after_s]
+        covered = frozenset().union(*(owned for _, _, owned in live if owned))
+        counted = [(mark, at) for mark, at, owned in live if owned is None or owned]
+        counted += [(mark, at) for mark, at, owned in reports
+                    if now - at > self.stale_after_s and owned and owned - covered]
+        return counted
 
     def watermark(self, partition: int, now: float) -> int | None:
-        """The lowest live watermark on the partition; None when no live source has reported."""
-        live = [mark for mark, at in self.marks.get(partition, {}).values() if now - at <= self.stale_after_s]
-        return min(live) if live else None
+        """The lowest watermark that counts on the partition; None when none does."""
+        counted = self.counted(partition, now)
+        return min(mark for mark, _ in counted) if counted else None
+
+    def passed(self, partition: int, ts: int, since: float, now: float) -> bool:
+        """Every source that counts has reported, at or after `since`, its partitions read past `ts`."""
+        counted = self.counted(partition, now)
+        return bool(counted) and all(mark >= ts and at >= since for mark, at in counted)

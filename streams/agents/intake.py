@@ -6,6 +6,7 @@ per-message cost once per batch, not once per event. Each message, and a heartbe
 partition, carries this intake's touchpoint watermark (see `streams.watermarks`):
 
     {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>,
+     "own": ["<topic>/<partition>", ...: the touchpoint partitions that "wm" is about],
      "mx": <the highest event time read before this batch>, "e": [[key, row], ...]}
 
 `mx` gives every journey partition the stream's event time, so that lateness is judged the
@@ -56,6 +57,7 @@ class Intake:
         self.source = instance_name(w.settings)
         self.progress = TouchProgress()
         self.mark = NOTHING_READ  # the watermark of the last heartbeat: conversions wait for the first
+        self.owned: list[str] | None = None  # the input partitions ("topic/partition") that `mark` is about
         self.invalid = {topic: w.metrics.events.labels(kind, "invalid") for topic, kind in TOPIC_TYPES.items()}
         self.stream_time = 0  # highest event time read (never ahead of now by more than the tolerance)
         self.last_lag_report = 0.0
@@ -89,7 +91,8 @@ class Intake:
             self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
 
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
-        value = orjson.dumps({"src": self.source, "wm": watermark, "mx": self.stream_time, "e": items})
+        value = orjson.dumps({"src": self.source, "wm": watermark, "own": self.owned, "mx": self.stream_time,
+                              "e": items})
         await self.w.journey_events.send(value=value, partition=partition)
 
     async def refresh_watermark(self) -> None:
@@ -104,6 +107,7 @@ class Intake:
             log.warning("end offsets unavailable (%s): the watermark stays at %d", exc, self.mark)
             return
         self.mark = self.progress.watermark(owned, ends.get, lambda tp: _unseen_at(consumer, tp), asked_at)
+        self.owned = sorted(f"{tp.topic}/{tp.partition}" for tp in owned)
 
     async def heartbeat(self) -> None:
         """Tell every journey partition how far this intake has read, even when nothing is routed there."""

@@ -18,7 +18,7 @@ from streams.app import Wiring
 from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
 from streams.events import Lead, Order, Spend, Touch, from_row
-from streams.journeys import Admission, GraceQueue, Journey, event_ids, seq_of
+from streams.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, event_ids, seq_of
 from streams.observability import OUTCOMES
 from streams.watermarks import SourceWatermarks
 from streams.windows import (
@@ -43,6 +43,10 @@ BATCH_WITHIN_S = 0.02
 DUE_INTERVAL_S = 0.1
 SNAPSHOT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 30.0
+# Journeys forgotten per step of the sweep: each deletion sends a changelog tombstone through Faust's producer
+# buffer (~3.7 KB each until sent), and a buffer of a million stalls the worker and its SIGTERM for minutes and
+# took 3.7 GB (bench/memory_bound.py, 1,000,000 journeys expiring at once). The buffer is flushed after each.
+SWEEP_CHUNK = 2_000
 SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
@@ -82,8 +86,9 @@ class JourneyStage:
             for position, (key, row) in enumerate(message["e"]):
                 item = from_row(row)
                 self.absorb(partition, seq_of(offset, position), key, item, journeys, partials, now_ms)
-            self.sources.report(partition, message["src"], message["wm"], now)
+            self.sources.report(partition, message["src"], message["wm"], now, message.get("own"))
             self.stream_time = max(self.stream_time, message.get("mx", 0))
+            self.grace.read(partition, offset, now)
         for key, journey in journeys.items():
             journey.prune(self.click_horizon_ms, self.view_horizon_ms, self.w.settings.dedup_window_ms)
             self.w.journeys[key] = journey.to_row()
@@ -155,15 +160,22 @@ class JourneyStage:
 
     # -- conversions after the grace -----------------------------------------------------------
     def requeue_pending(self, partitions: set[int]) -> None:
-        """After recovery: every pending conversion of these partitions waits the grace again."""
+        """After recovery: every pending conversion of these partitions waits the grace again, and stream
+        time resumes from the newest event the recovered journeys hold, so that a window closed before a
+        restart stays closed after it (the same clamp as `absorb`)."""
         found = []
+        newest = 0
         for key, row in list(self.w.journeys.data.items()):
             partition = self.w.partition_of(key)
-            if partition in partitions and row and row[2]:
+            if partition in partitions and row:
+                newest = max(newest, row[3])
                 found += [(seq, partition, key, conversion[2]) for seq, conversion in row[2]]
+        self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
         now = time.monotonic()
         for seq, partition, key, ts in sorted(found):
             self.grace.add(partition, key, seq, ts, now)
+        for seq, partition, _, _ in sorted(found):  # conversions read again from the topic go first
+            self.grace.hold(partition, seq // SEQ_PER_MESSAGE)
         if found:
             log.info("recovered %d pending conversions on partitions %s", len(found), sorted(partitions))
 
@@ -184,7 +196,11 @@ class JourneyStage:
         except Exception as exc:  # noqa: BLE001 - the store is down: conversions wait, nothing is lost
             self.store_unavailable(exc, conversions)
             return
-        self.apply(conversions, repeats, first_orders)
+        done = self.apply(conversions, repeats, first_orders)
+        # The partials and attributions must be on Kafka before the journeys forget the conversions: a
+        # crash between the two changelogs would lose them from the metrics (found by the kill -9 test).
+        await self.w.app.producer.flush()
+        self.forget_pending(done)
 
     def load_conversions(
         self, ready: list[tuple[int, str, int]]
@@ -229,14 +245,17 @@ class JourneyStage:
 
     def apply(
         self, conversions: list[tuple[int, str, int, Lead | Order]], repeats: set[str], first_orders: dict[str, bool]
-    ) -> None:
+    ) -> list[tuple[str, int]]:
+        """Attribute and count the conversions; returns (key, seq) of those to forget once that is on Kafka."""
         affiliates, promo_codes = self.w.affiliates.by_id, self.w.affiliates.by_promo_code
         journeys: dict[str, Journey] = {}
         partials: dict[str, Partial] = {}
+        done: list[tuple[str, int]] = []
         for partition, key, seq, conversion in conversions:
             journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
             if journey.take_pending(seq) is None:
                 continue
+            done.append((key, seq))
             if conversion.event_id in repeats:  # its order_id came earlier with another event (or visitor)
                 self.outcome["o", "duplicate"].inc()
                 continue
@@ -251,9 +270,21 @@ class JourneyStage:
             if isinstance(conversion, Order) and conversion.customer_id and self.w.settings.ltv_stage:
                 self.send_customer_order(partition, seq, conversion, message)
             self.w.metrics.lag.observe(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
+        self.write_partials(partials)
+        return done
+
+    def forget_pending(self, done: list[tuple[str, int]]) -> None:
+        """Drop attributed conversions from their journeys, read afresh (the agent may have written them
+        meanwhile); a partition given away meanwhile is left to its new owner, which re-attributes them
+        without counting them twice (the partials' sequence marks)."""
+        assigned = self.w.assigned(self.w.journey_events.get_topic_name())
+        journeys: dict[str, Journey] = {}
+        for key, seq in done:
+            if self.w.partition_of(key) in assigned:
+                journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
+                journey.take_pending(seq)
         for key, journey in journeys.items():
             self.w.journeys[key] = journey.to_row()
-        self.write_partials(partials)
 
     def attribute(
         self, journey: Journey, conversion: Lead | Order, promo: Affiliate | None,
@@ -347,16 +378,25 @@ class JourneyStage:
             snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "f": row[2]}
             await self.w.partials_topic.send(key=channel.encode(), value=orjson.dumps(snapshot))
 
-    def sweep(self) -> None:
-        """Forget journeys with nothing inside the horizon and partials of closed windows (event time)."""
+    async def sweep(self) -> None:
+        """Forget journeys with nothing inside the horizon and partials of closed windows (event time), a
+        chunk at a time (SWEEP_CHUNK); a journey written meanwhile by the agent is judged again."""
         s = self.w.settings
-        assigned = self.w.assigned(self.w.journey_events.get_topic_name())
-        for key, row in list(self.w.journeys.data.items()):
-            partition = self.w.partition_of(key)
-            if partition in assigned and row and not row[2] and row[3] < self.stream_time - max(
-                self.touch_horizon_ms, s.dedup_window_ms
-            ):
-                del self.w.journeys[key]
+        topic = self.w.journey_events.get_topic_name()
+        cutoff = self.stream_time - max(self.touch_horizon_ms, s.dedup_window_ms)
+
+        def expired(key: str, row: Any, assigned: set[int]) -> bool:
+            return bool(row) and not row[2] and row[3] < cutoff and self.w.partition_of(key) in assigned
+
+        assigned = self.w.assigned(topic)
+        keys = [key for key, row in list(self.w.journeys.data.items()) if expired(key, row, assigned)]
+        for start in range(0, len(keys), SWEEP_CHUNK):
+            assigned = self.w.assigned(topic)
+            for key in keys[start : start + SWEEP_CHUNK]:
+                if expired(key, self.w.journeys.data.get(key), assigned):
+                    del self.w.journeys[key]
+            await self.w.app.producer.flush()
+        assigned = self.w.assigned(topic)
         for key in list(self.w.partials.data.keys()):
             partition, window, _ = parse_partial_key(key)
             if partition in assigned and is_closed(
@@ -396,4 +436,4 @@ def register(w: Wiring) -> None:
 
     @w.app.timer(SWEEP_INTERVAL_S, name="sweep-expired-state")
     async def sweep() -> None:
-        stage.sweep()
+        await stage.sweep()

@@ -185,6 +185,7 @@ class ChannelStage:
         self.dirty: set[str] = set()
         self.published: dict[str, dict[str, Any]] = {}
         self.unsaved: dict[str, bytes] = {}
+        self.store_down = False  # the outage is logged once, when it starts, and once when it ends
 
     def absorb_batch(self, batch: list[Any]) -> None:
         rows: dict[str, dict[str, Any]] = {}
@@ -242,8 +243,15 @@ class ChannelStage:
         try:
             await self.w.store.put_latest(LTV_NAMESPACE, items)
         except Exception as exc:  # noqa: BLE001 - the read API is stale until the store is back
-            log.warning("could not save the latest lifetime figures to the store: %s", exc)
+            if not self.store_down:
+                log.warning("could not save the latest lifetime figures to the store (%s): retrying until it is back",
+                            exc)
+            self.store_down = True
             self.unsaved = {**items, **self.unsaved}
+            return
+        if self.store_down:
+            log.warning("store is back: the latest lifetime figures are saved again")
+            self.store_down = False
 
     def set_gauges(self, channel: str, message: dict[str, Any]) -> None:
         m = self.w.metrics

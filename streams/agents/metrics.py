@@ -31,6 +31,7 @@ class MetricsStage:
         self.published: dict[str, Figures] = {}  # "channel|window|campaign" -> last figures sent
         self.latest: dict[str, dict[int, dict[str, Any]]] = {}  # channel -> window -> message
         self.latest_dirty = False
+        self.store_down = False  # the outage is logged once, when it starts, and once when it ends
 
     def absorb_batch(self, batch: list[Any]) -> None:
         s = self.w.settings
@@ -110,8 +111,14 @@ class MetricsStage:
         try:
             await self.w.store.put_latest(KPI_NAMESPACE, items)
         except Exception as exc:  # noqa: BLE001 - the read API is stale until the store is back
-            log.warning("could not save the latest KPIs to the store: %s", exc)
+            if not self.store_down:
+                log.warning("could not save the latest KPIs to the store (%s): retrying until it is back", exc)
+            self.store_down = True
             self.latest_dirty = True
+            return
+        if self.store_down:
+            log.warning("store is back: the latest KPIs are saved again")
+            self.store_down = False
 
 
 def register(w: Wiring) -> None:
