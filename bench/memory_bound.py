@@ -13,7 +13,8 @@ Apache Kafka broker and one `attribution worker` (TOPIC_PARTITIONS=4, lookbacks 
 3. expiry: one impression with ts = now moves event time past every journey's horizon (lookback +
    lateness); the sweep (every 30 s) forgets them: RSS once the table holds no more than that one;
 4. with --restart: SIGTERM, start again, wait for the changelog to be read back (its records for the
-   forgotten journeys are tombstones): RSS of the restarted worker.
+   forgotten journeys are tombstones) until the table holds no more than the one again: RSS of the
+   restarted worker.
 
 RSS is what the operating system gives the process; after a sweep, CPython keeps part of the freed memory
 in its allocator's arenas for reuse, so "after expiry" is the figure to plan with for a worker that has
@@ -149,7 +150,8 @@ async def run(ids: int, restart: bool) -> dict[str, Any]:
             began = time.monotonic()
             worker.start()
             worker.wait_http("/api/v1/state", timeout=1800)
-            recovered = await wait_state(worker, lambda s: s["journey_partitions"], "recovering", timeout=1800)
+            await wait_state(worker, lambda s: s["journey_partitions"], "recovering", timeout=1800)
+            recovered = await wait_state(worker, lambda s: s["journeys"] <= 1, "recovering", timeout=1800)
             await asyncio.sleep(10.0)
             out["restart_s"] = time.monotonic() - began
             out["journeys_after_restart"] = recovered["journeys"]
