@@ -29,12 +29,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from bench import data
 from bench.report import rate
 from streams.kafka import METRICS_LTV_TOPIC
-from tests.integration.services import create_topics
 
 if TYPE_CHECKING:
     from bench.run import Run
@@ -60,13 +59,9 @@ class LtvWatcher:
         return sum(self.orders.values())
 
     async def start(self, partitions: int) -> None:
-        await create_topics(self.bootstrap, [METRICS_LTV_TOPIC], partitions)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                         auto_offset_reset="earliest", fetch_max_wait_ms=200)
-        await self.consumer.start()
-        tps = [TopicPartition(METRICS_LTV_TOPIC, p) for p in range(partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
+        from bench.run import read_from_start
+
+        self.consumer = await read_from_start(self.bootstrap, METRICS_LTV_TOPIC, partitions)
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

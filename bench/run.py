@@ -203,6 +203,20 @@ class Processes:
 # --- the metric topic, watched ----------------------------------------------------------------------
 
 
+async def read_from_start(bootstrap: str, topic: str, partitions: int) -> AIOKafkaConsumer:
+    """A started consumer (no group) of every partition of `topic`, from the beginning; creates the topic."""
+    await create_topics(bootstrap, [topic], partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", fetch_max_wait_ms=200,  # min bytes 1: data still comes at once
+    )
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return consumer
+
+
 class MetricsWatcher:
     """Reads metrics.channel from the start and keeps the latest figures per (channel, window)."""
 
@@ -218,15 +232,7 @@ class MetricsWatcher:
         self.admin: AIOKafkaAdminClient | None = None
 
     async def start(self, partitions: int) -> None:
-        await create_topics(self.bootstrap, [METRICS_CHANNEL_TOPIC], partitions)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=200,  # min bytes 1: data still comes at once
-        )
-        await self.consumer.start()
-        tps = [TopicPartition(METRICS_CHANNEL_TOPIC, p) for p in range(partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
+        self.consumer = await read_from_start(self.bootstrap, METRICS_CHANNEL_TOPIC, partitions)
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
