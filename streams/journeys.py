@@ -106,6 +106,23 @@ class Journey:
                 return row
         return None
 
+    def supersede_pending_order(self, order: Order, seq: int) -> bool:
+        """An order whose order_id is held by a pending order with a later (ts, event_id) takes its place.
+
+        Input partitions are not ordered with each other, so a reloaded thank-you page can reach the
+        journey before the original; while both wait out the grace, the earlier one by event time is the
+        order and the other the duplicate, whatever the arrival order. A repeat of an event_id never does."""
+        if id_hash(f"e:{order.event_id}") in self.seen:
+            return False
+        mine = (order.ts, order.event_id)
+        for i, (_, row) in enumerate(self.pending):
+            if row[0] == "o" and row[4] == order.order_id and (row[2], row[1]) > mine:
+                del self.pending[i]
+                self.seen[id_hash(f"e:{order.event_id}")] = (seq, order.ts)
+                self.add_pending(seq, order)
+                return True
+        return False
+
     def earlier_order_pending(self, order: Order) -> bool:
         """Another order of the same customer with an earlier (ts, event_id) still waits here: that
         one, not this, is the customer's first order (input topics are not ordered with each other)."""

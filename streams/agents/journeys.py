@@ -111,7 +111,9 @@ class JourneyStage:
             journey = journeys[key] = Journey.from_row(self.w.journeys.get(key))
         admission = journey.admit(event_ids(item), seq, item.ts)
         if admission is Admission.DUPLICATE:
-            self.outcome[kind, "duplicate"].inc()
+            self.outcome[kind, "duplicate"].inc()  # this one, or the later pending order it supersedes
+            if isinstance(item, Order) and journey.supersede_pending_order(item, seq):
+                self.grace.add(partition, key, seq, item.ts, time.monotonic())
             return
         if admission is Admission.NEW and kind != "o":  # an order is judged ok once its order_id is held
             self.outcome[kind, "ok"].inc()

@@ -173,6 +173,56 @@ def test_a_pending_conversion_is_taken_once_by_its_sequence() -> None:
     assert [seq for seq, _ in journey.pending] == [seq_of(4, 0)]
 
 
+def pending_order_with_its_ids(journey: Journey, event: Order, seq: int) -> None:
+    assert admit(journey, event, seq) is Admission.NEW
+    journey.add_pending(seq, event)
+
+
+def test_an_earlier_order_arriving_after_its_reload_takes_the_pending_place() -> None:
+    journey = Journey()
+    reload = order("o1-reload", "A-1", ts=T0 + 1_000)
+    pending_order_with_its_ids(journey, reload, seq_of(10, 0))
+    original = order("o1", "A-1", ts=T0)
+    assert admit(journey, original, seq_of(11, 0)) is Admission.DUPLICATE
+    assert journey.supersede_pending_order(original, seq_of(11, 0))
+    assert journey.pending == [(seq_of(11, 0), list(original))]
+    # read again after a restart, both are what they were: neither comes back
+    assert admit(journey, original, seq_of(11, 0)) is Admission.REPLAY
+    assert admit(journey, reload, seq_of(10, 0)) is Admission.REPLAY
+
+
+def test_a_later_repeat_of_a_pending_order_does_not_supersede_it() -> None:
+    journey = Journey()
+    original = order("o1", "A-1", ts=T0)
+    pending_order_with_its_ids(journey, original, seq_of(10, 0))
+    reload = order("o1-reload", "A-1", ts=T0 + 1_000)
+    assert not journey.supersede_pending_order(reload, seq_of(11, 0))
+    assert journey.pending == [(seq_of(10, 0), list(original))]
+
+
+def test_orders_of_one_order_id_at_the_same_ts_keep_the_smaller_event_id() -> None:
+    journey = Journey()
+    pending_order_with_its_ids(journey, order("b", "A-1"), seq_of(10, 0))
+    assert journey.supersede_pending_order(order("a", "A-1"), seq_of(11, 0))
+    assert [row[1] for _, row in journey.pending] == ["a"]
+    assert not journey.supersede_pending_order(order("c", "A-1"), seq_of(12, 0))
+
+
+def test_a_repeated_event_id_never_supersedes_even_with_an_earlier_ts() -> None:
+    journey = Journey()
+    pending_order_with_its_ids(journey, order("o1", "A-1", ts=T0 + 1_000), seq_of(10, 0))
+    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0))
+    assert [seq for seq, _ in journey.pending] == [seq_of(10, 0)]
+
+
+def test_an_order_id_no_longer_pending_is_not_superseded() -> None:
+    journey = Journey()
+    pending_order_with_its_ids(journey, order("o1-reload", "A-1", ts=T0 + 1_000), seq_of(10, 0))
+    journey.take_pending(seq_of(10, 0))  # attributed already: too late to change
+    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0))
+    assert journey.pending == []
+
+
 def test_an_earlier_pending_order_of_the_same_customer_is_their_first_order() -> None:
     journey = Journey()
     journey.add_pending(1, order("o1", "A-1", ts=T0 - HOUR))
