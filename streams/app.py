@@ -23,13 +23,15 @@ to route events, so a key's state always lives with the partition that reads its
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
@@ -55,6 +57,7 @@ PARTIALS_TOPIC = "attribution-metric-partials"
 CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 FETCH_MAX_WAIT_MS = 10
+PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
 TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys")
 # Created before Faust starts: a producer's first send must never auto-create one of these with the
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
@@ -71,15 +74,66 @@ def partition_of(key: str, partitions: int) -> int:
 
 class KeyPartitionedTable(faust.Table):
     """A table whose changelog partition comes from `partition_for(key)`, so it can be written
-    from timers and from batches that mix partitions, and which reports recovery."""
+    from timers and from batches that mix partitions, and which reports recovery.
+
+    Besides `table[key] = row`, which sends one Faust message per key, it can be written in bulk:
+    `put_rows` sets the rows and queues their changelog records, `send_changes` hands the queue to the
+    Kafka client as one record batch per changelog partition. Faust's per-message publish path (a
+    message future, the producer buffer and their callbacks per record) was a third of the worker's CPU
+    with a record per tracking ID per batch. A table must use one way or the other, never both: the
+    changelog's order per key is only kept within a way. Offsets are still committed only after these
+    records are acknowledged: Faust's commit flushes the client, and `send_changes` is awaited before
+    the events that made the rows are acknowledged.
+    """
 
     def __init__(self, *args: Any, partition_for: Callable[[str], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.partition_for = partition_for
         self.recovered_callbacks: list[Callable[[set[int]], None]] = []
+        self.unsent: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.sending = asyncio.Lock()
+        self.deliveries: list[asyncio.Future[Any]] = []
 
     def partition_for_key(self, key: Any) -> int:
         return self.partition_for(key)
+
+    def put_rows(self, rows: Mapping[str, Any]) -> None:
+        """Set each key to its row (None: delete it) now, and queue the changelog records in that order."""
+        data = self.data
+        for key, row in rows.items():
+            if row is None:
+                data.pop(key, None)
+                value = None
+            else:
+                data[key] = row
+                value = orjson.dumps(row)
+            self.unsent.setdefault(self.partition_for(key), []).append((key.encode(), value))
+
+    async def send_changes(self) -> None:
+        """Hand every queued changelog record to the Kafka client, in the order the rows were put."""
+        async with self.sending:
+            self.raise_failed_delivery()
+            client = self.app.producer._ensure_producer()
+            topic = self.changelog_topic.get_topic_name()
+            while self.unsent:
+                partition, records = self.unsent.popitem()
+                batch = client.create_batch()
+                for key, value in records:
+                    if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                        self.deliveries.append(await client.send_batch(batch, topic, partition=partition))
+                        batch = client.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
+                self.deliveries.append(await client.send_batch(batch, topic, partition=partition))
+
+    def raise_failed_delivery(self) -> None:
+        """A batch the broker refused stops the worker, as a failed Faust changelog write would."""
+        pending = []
+        for delivery in self.deliveries:
+            if not delivery.done():
+                pending.append(delivery)
+            elif delivery.exception() is not None:
+                raise RuntimeError(f"changelog of table {self.name} not written") from delivery.exception()
+        self.deliveries = pending
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
@@ -150,6 +204,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
         broker_commit_interval=1.0,
         producer_acks=-1,
         producer_linger_ms=5,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         stream_wait_empty=False,
         autodiscover=False,
         table_cleanup_interval=3600.0,

@@ -43,9 +43,9 @@ BATCH_WITHIN_S = 0.02
 DUE_INTERVAL_S = 0.1
 SNAPSHOT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 30.0
-# Journeys forgotten per step of the sweep: each deletion sends a changelog tombstone through Faust's producer
-# buffer (~3.7 KB each until sent), and a buffer of a million stalls the worker and its SIGTERM for minutes and
-# took 3.7 GB (bench/memory_bound.py, 1,000,000 journeys expiring at once). The buffer is flushed after each.
+# Journeys forgotten per step of the sweep: each deletion is a changelog tombstone, and a million of them queued at
+# once stalled the worker and its SIGTERM for minutes and took 3.7 GB (bench/memory_bound.py, 1,000,000 journeys
+# expiring at once, when tombstones went through Faust's producer buffer). Each chunk is sent and flushed.
 SWEEP_CHUNK = 2_000
 SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
@@ -89,9 +89,10 @@ class JourneyStage:
             self.sources.report(partition, message["src"], message["wm"], now, message.get("own"))
             self.stream_time = max(self.stream_time, message.get("mx", 0))
             self.grace.read(partition, offset, now)
-        for key, journey in journeys.items():
-            journey.prune(self.click_horizon_ms, self.view_horizon_ms, self.w.settings.dedup_window_ms)
-            self.w.journeys[key] = journey.to_row()
+        dedup_window_ms = self.w.settings.dedup_window_ms
+        for journey in journeys.values():
+            journey.prune(self.click_horizon_ms, self.view_horizon_ms, dedup_window_ms)
+        self.w.journeys.put_rows({key: journey.to_row() for key, journey in journeys.items()})
         self.write_partials(partials)
 
     def absorb(
@@ -203,6 +204,7 @@ class JourneyStage:
         # crash between the two changelogs would lose them from the metrics (found by the kill -9 test).
         await self.w.app.producer.flush()
         self.forget_pending(done)
+        await self.w.journeys.send_changes()
 
     def load_conversions(
         self, ready: list[tuple[int, str, int]]
@@ -285,8 +287,7 @@ class JourneyStage:
             if self.w.partition_of(key) in assigned:
                 journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
                 journey.take_pending(seq)
-        for key, journey in journeys.items():
-            self.w.journeys[key] = journey.to_row()
+        self.w.journeys.put_rows({key: journey.to_row() for key, journey in journeys.items()})
 
     def attribute(
         self, journey: Journey, conversion: Lead | Order, promo: Affiliate | None,
@@ -394,9 +395,10 @@ class JourneyStage:
         keys = [key for key, row in list(self.w.journeys.data.items()) if expired(key, row, assigned)]
         for start in range(0, len(keys), SWEEP_CHUNK):
             assigned = self.w.assigned(topic)
-            for key in keys[start : start + SWEEP_CHUNK]:
-                if expired(key, self.w.journeys.data.get(key), assigned):
-                    del self.w.journeys[key]
+            chunk = keys[start : start + SWEEP_CHUNK]
+            gone = [key for key in chunk if expired(key, self.w.journeys.data.get(key), assigned)]
+            self.w.journeys.put_rows(dict.fromkeys(gone))
+            await self.w.journeys.send_changes()
             await self.w.app.producer.flush()
         assigned = self.w.assigned(topic)
         for key in list(self.w.partials.data.keys()):
@@ -427,6 +429,7 @@ def register(w: Wiring) -> None:
     async def journeys(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             stage.absorb_batch(batch)
+            await w.journeys.send_changes()  # before the batch's events are acknowledged
 
     @w.app.timer(DUE_INTERVAL_S, name="attribute-due")
     async def attribute_due() -> None:

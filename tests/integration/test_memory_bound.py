@@ -51,11 +51,22 @@ T0 = (int(time.time() * 1000) - 3_600_000) // 60_000 * 60_000  # an hour ago: ev
 
 
 class FakeTable(dict):
-    """What a Faust table with the memory store is to the stage: a dict, `.data` being itself."""
+    """What a Faust table with the memory store is to the stage: a dict, `.data` being itself; the
+    changelog records of `put_rows` go nowhere."""
 
     @property
     def data(self) -> FakeTable:
         return self
+
+    def put_rows(self, rows: dict[str, Any]) -> None:
+        for key, row in rows.items():
+            if row is None:
+                self.pop(key, None)
+            else:
+                self[key] = row
+
+    async def send_changes(self) -> None:
+        """Nothing is sent here."""
 
 
 async def flushed() -> None:
