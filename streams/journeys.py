@@ -18,6 +18,7 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import itemgetter
 from typing import Any
 
 from streams.attribution import Touchpoint
@@ -53,30 +54,33 @@ def id_hash(text: str) -> int:
 
 @dataclass
 class Journey:
-    touches: list[Touchpoint] = field(default_factory=list)
+    touches: list[list[Any]] = field(default_factory=list)  # [ts, kind, channel, campaign, affiliate_id, event_id]
     seen: dict[int, tuple[int, int]] = field(default_factory=dict)  # id hash -> (seq, ts)
     pending: list[tuple[int, list[Any]]] = field(default_factory=list)  # (seq, conversion row)
     last_ts: int = 0
 
+    # The row: [touches, id hashes, their (seq, ts), pending, last_ts]. Written once per key per batch, so
+    # it is built from whole lists (list() and zip() run in C), not an object per id; touchpoints stay
+    # plain lists, made `Touchpoint`s only to attribute. `from_row` also reads the earlier 4-field form
+    # with [hash, seq, ts] per id, so a changelog written before keeps its state.
     def to_row(self) -> list[Any]:
-        return [
-            [list(t) for t in self.touches],
-            [[h, seq, ts] for h, (seq, ts) in self.seen.items()],
-            [[seq, row] for seq, row in self.pending],
-            self.last_ts,
-        ]
+        pending = [[seq, row] for seq, row in self.pending] if self.pending else []
+        return [self.touches, list(self.seen), list(self.seen.values()), pending, self.last_ts]
 
     @classmethod
     def from_row(cls, row: list[Any] | None) -> Journey:
         if not row:
             return cls()
-        touches, seen, pending, last_ts = row
-        return cls(
-            [Touchpoint(*t) for t in touches],
-            {h: (seq, ts) for h, seq, ts in seen},
-            [(seq, conversion) for seq, conversion in pending],
-            last_ts,
-        )
+        if len(row) == 4:
+            touches, ids, pending, last_ts = row
+            seen = {h: (seq, ts) for h, seq, ts in ids}
+        else:
+            touches, hashes, marks, pending, last_ts = row
+            seen = dict(zip(hashes, map(tuple, marks), strict=True))
+        return cls(list(touches), seen, [(seq, conversion) for seq, conversion in pending], last_ts)
+
+    def touchpoints(self) -> list[Touchpoint]:
+        return [Touchpoint(*t) for t in self.touches]
 
     def admit(self, ids: list[str], seq: int, ts: int) -> Admission:
         """Judge an event by its ids (see `event_ids`) and remember it."""
@@ -92,9 +96,7 @@ class Journey:
 
     def add_touch(self, touch: Touch) -> None:
         kind = "c" if touch.kind == "c" else "i"
-        self.touches.append(
-            Touchpoint(touch.ts, kind, touch.channel, touch.campaign, touch.affiliate_id, touch.event_id)
-        )
+        self.touches.append([touch.ts, kind, touch.channel, touch.campaign, touch.affiliate_id, touch.event_id])
 
     def add_pending(self, seq: int, conversion: Lead | Order) -> None:
         self.pending.append((seq, list(conversion)))
@@ -138,9 +140,9 @@ class Journey:
         (event time); past the caps, the oldest touchpoints (by ts) and ids (by sequence) go first."""
         click_cutoff = self.last_ts - click_horizon_ms
         view_cutoff = self.last_ts - view_horizon_ms
-        kept = [t for t in self.touches if t.ts >= (click_cutoff if t.kind == "c" else view_cutoff)]
+        kept = [t for t in self.touches if t[0] >= (click_cutoff if t[1] == "c" else view_cutoff)]
         if len(kept) > MAX_TOUCHES:
-            kept.sort(key=lambda t: t.ts)
+            kept.sort(key=itemgetter(0))
             del kept[:-MAX_TOUCHES]
         if len(kept) != len(self.touches):
             self.touches = kept

@@ -8,6 +8,7 @@ so a campaign-name explosion cannot blow up Prometheus.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -37,6 +38,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, campaign_cap: int) -> None:
         self.registry = registry
         self.campaign = CampaignLabels(campaign_cap)
+        self.children: dict[tuple[Counter, str, str], Any] = {}  # bounded like the labels: the campaign cap
         labels = ("channel", "campaign")
 
         def counter(name: str, text: str) -> Counter:
@@ -76,7 +78,11 @@ class WorkerMetrics:
 
     def count(self, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
         if amount:
-            counter.labels(channel, self.campaign(channel, campaign)).inc(amount)
+            label = self.campaign(channel, campaign)
+            child = self.children.get((counter, channel, label))
+            if child is None:  # `labels()` per event was the stage's costliest call after the state itself
+                child = self.children[counter, channel, label] = counter.labels(channel, label)
+            child.inc(amount)
 
 
 def configure_logging(level: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from argparse import Namespace
@@ -12,6 +13,11 @@ from streams.observability import configure_logging
 
 log = logging.getLogger(__name__)
 EMBEDDED_SESSION_TIMEOUT_S = 3.0  # Tansu makes a group join wait out the session timeout
+# The worker's state is millions of small lists (journey rows), every one tracked by the cyclic garbage
+# collector, and each batch allocates thousands more. With CPython's default thresholds (700, 10, 10) the
+# collector took about 45% of the journeys stage's time (bench data, offline: 36k events/s absorbed, 62k with
+# these). The state holds no reference cycles, so collecting young objects far less often loses nothing.
+GC_THRESHOLDS = (100_000, 50, 100)
 
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
@@ -22,6 +28,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     from streams.store import open_store
 
     configure_logging(settings.log_level)
+    gc.set_threshold(*GC_THRESHOLDS)
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         try:

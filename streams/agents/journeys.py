@@ -171,8 +171,8 @@ class JourneyStage:
         for key, row in list(self.w.journeys.data.items()):
             partition = self.w.partition_of(key)
             if partition in partitions and row:
-                newest = max(newest, row[3])
-                found += [(seq, partition, key, conversion[2]) for seq, conversion in row[2]]
+                newest = max(newest, row[-1])  # last_ts and pending end a journey row, whatever its form
+                found += [(seq, partition, key, conversion[2]) for seq, conversion in row[-2]]
         self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
         now = time.monotonic()
         for seq, partition, key, ts in sorted(found):
@@ -294,7 +294,7 @@ class JourneyStage:
         affiliates: dict[str, Affiliate], new_customer: bool,
     ) -> tuple[dict[str, Any], list[tuple[str, str, str | None, float]]]:
         s = self.w.settings
-        path = journey_for(journey.touches, conversion.ts, self.lookback, promo, conversion.event_id)
+        path = journey_for(journey.touchpoints(), conversion.ts, self.lookback, promo, conversion.event_id)
         revenue = conversion.revenue if isinstance(conversion, Order) else 0.0
         by_model = {model: credits(model, path, conversion.ts, s.time_decay_half_life_ms) for model in MODELS}
         chosen = by_model[s.attribution_model]
@@ -389,7 +389,7 @@ class JourneyStage:
         cutoff = self.stream_time - max(self.touch_horizon_ms, s.dedup_window_ms)
 
         def expired(key: str, row: Any, assigned: set[int]) -> bool:
-            return bool(row) and not row[2] and row[3] < cutoff and self.w.partition_of(key) in assigned
+            return bool(row) and not row[-2] and row[-1] < cutoff and self.w.partition_of(key) in assigned
 
         assigned = self.w.assigned(topic)
         keys = [key for key, row in list(self.w.journeys.data.items()) if expired(key, row, assigned)]

@@ -159,8 +159,8 @@ def test_a_touch_becomes_a_touchpoint_of_its_kind() -> None:
     journey = Journey()
     journey.add_touch(Touch("i", "i1", T0, "t1", "facebook", "retarget", None, 0.2))
     journey.add_touch(Touch("c", "c1", T0 + 1, "t1", "affiliate", "(none)", "blog", 0.5))
-    assert journey.touches == [Touchpoint(T0, "i", "facebook", "retarget", None, "i1"),
-                               Touchpoint(T0 + 1, "c", "affiliate", "(none)", "blog", "c1")]
+    assert journey.touchpoints() == [Touchpoint(T0, "i", "facebook", "retarget", None, "i1"),
+                                     Touchpoint(T0 + 1, "c", "affiliate", "(none)", "blog", "c1")]
 
 
 def test_a_pending_conversion_is_taken_once_by_its_sequence() -> None:
@@ -278,8 +278,22 @@ def test_a_journey_round_trips_through_its_row_as_json() -> None:
     journey = full_journey()
     again = Journey.from_row(orjson.loads(orjson.dumps(journey.to_row())))
     assert again == journey
-    assert all(isinstance(t, Touchpoint) for t in again.touches)
+    assert again.touchpoints() == journey.touchpoints()
     assert admit(again, order("o1", "A-1"), seq_of(2, 0)) is Admission.REPLAY
+
+
+def test_a_row_of_the_earlier_form_with_a_triple_per_id_is_read_the_same() -> None:
+    journey = full_journey()
+    earlier = [[list(t) for t in journey.touches], [[h, seq, ts] for h, (seq, ts) in journey.seen.items()],
+               [[seq, row] for seq, row in journey.pending], journey.last_ts]
+    assert Journey.from_row(orjson.loads(orjson.dumps(earlier))) == journey
+
+
+def test_a_row_ends_with_pending_and_last_ts_in_both_forms() -> None:
+    """What the sweep and recovery read from a row without decoding it."""
+    journey = full_journey()
+    row = journey.to_row()
+    assert (row[-2], row[-1]) == ([[seq_of(2, 0), list(order("o1", "A-1"))]], T0)
 
 
 def test_a_journey_from_no_row_is_empty() -> None:
@@ -295,7 +309,7 @@ def test_prune_forgets_touchpoints_older_than_the_horizon_by_event_time() -> Non
         admit(journey, click(event_id, ts), seq_of(ts, 0))
         journey.add_touch(click(event_id, ts))
     journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert [t.event_id for t in journey.touches] == ["edge", "new"]
+    assert [t.event_id for t in journey.touchpoints()] == ["edge", "new"]
 
 
 def test_prune_forgets_ids_older_than_the_dedup_window_by_event_time() -> None:
@@ -320,7 +334,7 @@ def test_prune_forgets_impressions_at_the_view_horizon_and_clicks_at_the_click_h
         journey.add_touch(event)
     admit(journey, click("now", T0), seq_of(T0, 0))
     journey.prune(LOOKBACK, view, DEDUP)
-    assert [t.event_id for t in journey.touches] == ["i-edge", "c-old"]
+    assert [t.event_id for t in journey.touchpoints()] == ["i-edge", "c-old"]
 
 
 def test_a_hot_tracking_id_keeps_only_its_latest_touchpoints() -> None:
@@ -332,7 +346,7 @@ def test_a_hot_tracking_id_keeps_only_its_latest_touchpoints() -> None:
         journey.add_touch(event)
     journey.prune(LOOKBACK, LOOKBACK, DEDUP)
     assert len(journey.touches) == MAX_TOUCHES
-    assert min(t.ts for t in journey.touches) == T0 - MAX_TOUCHES + 1
+    assert min(t.ts for t in journey.touchpoints()) == T0 - MAX_TOUCHES + 1
 
 
 def test_a_hot_tracking_id_forgets_its_oldest_ids_first_and_stays_small() -> None:
