@@ -58,6 +58,7 @@ PARTIALS_TOPIC = "attribution-metric-partials"
 CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 FETCH_MAX_WAIT_MS = 10
+CHANGELOG_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": str.encode}  # Faust's, for str keys
 PARTITION_CACHE_SIZE = 1 << 15  # recent keys' partitions: ~170 B each, so at most ~5.5 MiB
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
 TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys")
@@ -101,16 +102,19 @@ class KeyPartitionedTable(faust.Table):
         return self.partition_for(key)
 
     def put_rows(self, rows: Mapping[str, Any]) -> None:
-        """Set each key to its row (None: delete it) now, and queue the changelog records in that order."""
+        """Set each key to its row (None: delete it) now, and queue the changelog records in that order,
+        encoded as Faust encodes this table's records, so that its recovery reads them back."""
         data = self.data
+        encode_key = CHANGELOG_CODECS[self.key_serializer]
+        encode_value = CHANGELOG_CODECS[self.value_serializer]
         for key, row in rows.items():
             if row is None:
                 data.pop(key, None)
                 value = None
             else:
                 data[key] = row
-                value = orjson.dumps(row)
-            self.unsent.setdefault(self.partition_for(key), []).append((key.encode(), value))
+                value = encode_value(row)
+            self.unsent.setdefault(self.partition_for(key), []).append((encode_key(key), value))
 
     async def send_changes(self) -> None:
         """Hand every queued changelog record to the Kafka client, in the order the rows were put."""
