@@ -63,6 +63,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import data
 from bench.profile import summarize as summarize_profile
+from streams.agents.intake import INTAKE_GROUP
 from streams.app import JOURNEY_TOPIC
 from streams.embedded import _pdeathsig_hook
 from streams.kafka import METRICS_CHANNEL_TOPIC, make_producer
@@ -276,7 +277,7 @@ class MetricsWatcher:
         try:
             if JOURNEY_TOPIC not in await self.admin.list_topics():
                 return 0, 0  # not created by the worker yet: asking for its offsets would auto-create it
-            committed = await self.admin.list_consumer_group_offsets("attribution")
+            committed = await self.admin.list_consumer_group_offsets(INTAKE_GROUP)
             journey = [TopicPartition(JOURNEY_TOPIC, p) for p in range(partitions)]
             ends = await self.consumer.end_offsets(journey)
         except Exception:  # noqa: BLE001 - a diagnostic: not there yet

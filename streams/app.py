@@ -1,6 +1,7 @@
 """The faust.App and every topic and table: the wiring on one screen.
 
     input topics ──intake──► attribution-journey-events (by tracking ID; spend by channel shard)
+                 (its own aiokafka consumer group, attribution-intake: not a Faust agent)
                                   │ journeys: dedup, touchpoints, conversions after the grace
                                   ├──► attributions
                                   ▼
@@ -38,11 +39,9 @@ from prometheus_client import CollectorRegistry
 
 from streams.affiliate_directory import AffiliateDirectory
 from streams.config import Settings
-from streams.events import INPUT_TOPICS
 from streams.faust_patches import drain_producer_buffer_on_flush, seek_uncommitted_partitions_to_beginning
 from streams.kafka import (
     ATTRIBUTIONS_TOPIC,
-    DLQ_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
     METRICS_LTV_TOPIC,
@@ -158,12 +157,10 @@ class Wiring:
     store: Store
     metrics: WorkerMetrics
     registry: CollectorRegistry
-    inputs: Any = None
     journey_events: Any = None
     partials_topic: Any = None
     customer_orders: Any = None
     attributions: Any = None
-    dlq: Any = None
     metrics_channel: Any = None
     metrics_campaign: Any = None
     journeys: Any = None
@@ -221,12 +218,10 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     registry = CollectorRegistry()
     wiring = Wiring(settings, app, store, WorkerMetrics(registry, settings.campaign_label_cap), registry)
     n = settings.topic_partitions
-    wiring.inputs = app.topic(*INPUT_TOPICS, key_type=bytes, value_type=bytes)
     wiring.journey_events = app.topic(JOURNEY_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.partials_topic = app.topic(PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.customer_orders = app.topic(CUSTOMER_ORDERS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.attributions = app.topic(ATTRIBUTIONS_TOPIC, partitions=n)
-    wiring.dlq = app.topic(DLQ_TOPIC, partitions=n)
     wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
     wiring.journeys = _table(app, "journeys", n, wiring.partition_of)
@@ -250,7 +245,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
     wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
 
-    intake.register(wiring)
+    intake.register(wiring, bootstrap, session_timeout_s)
     journeys.register(wiring)
     metrics.register(wiring)
     if settings.ltv_stage:

@@ -1,9 +1,15 @@
 """Intake: input topics -> validated, normalised events re-keyed by tracking ID (spend by channel shard).
 
-Stateless and thin: `streams.events` decides; this agent only moves bytes. Valid events of a
-batch go out as one message per destination partition, so the next stage pays Faust's
-per-message cost once per batch, not once per event. Each message, and a heartbeat to every
-partition, carries this intake's touchpoint watermark (see `streams.watermarks`):
+Stateless and thin: `streams.events` decides; this stage only moves bytes. It reads the input topics
+with a plain aiokafka consumer of its own group (`attribution-intake`), not through a Faust agent:
+Faust hands an agent one message at a time through its conductor, buffers and the event loop, about
+12k messages/s on this machine with no work at all, while `getmany` returns thousands of records per
+call (bench/RESULTS.md). Offsets are committed once a second, only after the broker has acknowledged
+every record sent for the inputs read up to them, and before a rebalance hands a partition on.
+
+Valid events of a batch go out as one message per destination partition, so the next stage pays Faust's
+per-message cost once per batch, not once per event. Each message, and a heartbeat to every partition,
+carries this intake's touchpoint watermark (see `streams.watermarks`):
 
     {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>,
      "own": ["<topic>/<partition>", ...: the touchpoint partitions that "wm" is about],
@@ -22,16 +28,25 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+from mode import Service
 
-from streams.app import Wiring, instance_name
-from streams.events import TOPIC_TYPES, Spend, parse_message
+from streams.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
+from streams.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
 from streams.journeys import SEQ_PER_MESSAGE, spend_key
+from streams.kafka import DLQ_TOPIC
 from streams.watermarks import NOTHING_READ, TouchProgress
 
 log = logging.getLogger(__name__)
-BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.02
+INTAKE_GROUP = f"{APP_ID}-intake"
+LEGACY_GROUP = APP_ID  # the Faust group that read the inputs before: where a new intake group starts
+BATCH_MAX = 1_000  # records per read: one event each, or an array of up to a few hundred
 HEARTBEAT_INTERVAL_S = 0.2
+COMMIT_INTERVAL_S = 1.0
+RETRY_AFTER_S = 1.0
+STOP_TIMEOUT_S = 15.0
 LAG_REPORT_INTERVAL_S = 5.0
 FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every window
 # Conversions wait until these are read past their ts: touchpoints (so none is missed) and the other
@@ -52,8 +67,13 @@ def dlq_record(error: str, topic: str, partition: int, offset: int, index: int |
 
 
 class Intake:
-    def __init__(self, w: Wiring) -> None:
+    """Validates and routes the records of one read, and reports how far the inputs are read."""
+
+    def __init__(self, w: Wiring, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
         self.w = w
+        self.producer = producer
+        self.consumer = consumer
+        self.unacked: list[asyncio.Future[Any]] = []
         self.source = instance_name(w.settings)
         self.progress = TouchProgress()
         self.mark = NOTHING_READ  # the watermark of the last heartbeat: conversions wait for the first
@@ -63,23 +83,22 @@ class Intake:
         self.last_lag_report = 0.0
         self.reported_lag: set[tuple[str, str]] = set()
 
-    async def handle(self, batch: list[Any]) -> None:
+    async def handle(self, records: list[Any]) -> None:
         routed: dict[int, list[list[Any]]] = defaultdict(list)
-        read: list[tuple[Any, int, int | None]] = []
-        for event in batch:
-            message = event.message
-            valid, rejections = parse_message(message.value, message.topic, self.w.settings)
+        read: list[tuple[TopicPartition, int, int | None]] = []
+        for record in records:
+            valid, rejections = parse_message(record.value, record.topic, self.w.settings)
             for rejection in rejections:
-                self.invalid[message.topic].inc()
-                record = dlq_record(
-                    rejection.error, message.topic, message.partition, message.offset, rejection.index, message.value
-                )
-                await self.w.dlq.send(value=record)
+                self.invalid[record.topic].inc()
+                dead = dlq_record(rejection.error, record.topic, record.partition, record.offset, rejection.index,
+                                  record.value)
+                await self.produce(DLQ_TOPIC, dead)
             for item in valid:
                 key = route_key(item)
                 routed[self.w.partition_of(key)].append([key, list(item)])
-            if message.topic in WATERMARK_TOPICS:
-                read.append((message.tp, message.offset, max((item.ts for item in valid), default=None)))
+            if record.topic in WATERMARK_TOPICS:
+                tp = TopicPartition(record.topic, record.partition)
+                read.append((tp, record.offset, max((item.ts for item in valid), default=None)))
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
                 await self.send(partition, self.mark, items[start : start + SEQ_PER_MESSAGE])
@@ -93,20 +112,27 @@ class Intake:
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
         value = orjson.dumps({"src": self.source, "wm": watermark, "own": self.owned, "mx": self.stream_time,
                               "e": items})
-        await self.w.journey_events.send(value=value, partition=partition)
+        await self.produce(JOURNEY_TOPIC, value, partition)
+
+    async def produce(self, topic: str, value: bytes, partition: int | None = None) -> None:
+        self.unacked.append(await self.producer.send(topic, value, partition=partition))
+
+    async def acknowledged(self) -> None:
+        """Wait until the broker has acknowledged every record sent so far; raise if it refused one."""
+        unacked, self.unacked = self.unacked, []
+        await asyncio.gather(*unacked)
 
     async def refresh_watermark(self) -> None:
         """Ask the broker for the end offsets of the owned partitions and compare with what was read."""
-        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in WATERMARK_TOPICS}
+        owned = {tp for tp in self.consumer.assignment() if tp.topic in WATERMARK_TOPICS}
         self.progress.forget(owned)
-        consumer = self.w.app.consumer
         asked_at = int(time.time() * 1000)
         try:
-            ends = await consumer.highwaters(*owned) if owned else {}
+            ends = await self.consumer.end_offsets(list(owned)) if owned else {}
         except Exception as exc:  # noqa: BLE001 - the broker is away: keep the last mark, conversions wait
             log.warning("end offsets unavailable (%s): the watermark stays at %d", exc, self.mark)
             return
-        self.mark = self.progress.watermark(owned, ends.get, lambda tp: _unseen_at(consumer, tp), asked_at)
+        self.mark = self.progress.watermark(owned, ends.get, lambda tp: position(self.consumer, tp), asked_at)
         self.owned = sorted(f"{tp.topic}/{tp.partition}" for tp in owned)
 
     async def heartbeat(self) -> None:
@@ -119,51 +145,172 @@ class Intake:
             self.report_consumer_lag()
 
     def report_consumer_lag(self) -> None:
-        consumer = self.w.app.consumer
-        owned = {tp for tp in self.w.app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES}
+        owned = {tp for tp in self.consumer.assignment() if tp.topic in TOPIC_TYPES}
         gauge = self.w.metrics.consumer_lag
         for tp in owned:
-            end, position = consumer.highwater(tp), _position(consumer, tp)
-            if end is not None and position is not None:
-                gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+            end, at = self.consumer.highwater(tp), position(self.consumer, tp)
+            if end is not None and at is not None:
+                gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - at))
         for labels in list(self.reported_lag - {(tp.topic, str(tp.partition)) for tp in owned}):
             gauge.remove(*labels)  # a partition given away in a rebalance is another worker's to report
         self.reported_lag = {(tp.topic, str(tp.partition)) for tp in owned}
 
 
-def _unseen_at(consumer: Any, tp: Any) -> int | None:
-    """Where the intake stands on a partition it has not read a message from since it got it. While
-    Faust has handed nothing of it to the agents, that is the fetch position; once it has, messages
-    wait in Faust's buffers, unread by the intake, and the committed offset it started from counts
-    (the fetch position would call the partition read to its end before its touchpoints are absorbed)."""
-    if consumer._read_offset.get(tp) is None:
-        return _position(consumer, tp)
-    return consumer._committed_offset.get(tp)
-
-
-def _position(consumer: Any, tp: Any) -> int | None:
-    """The next offset the consumer will read from tp, where aiokafka knows it (None otherwise)."""
+def position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The next offset the consumer will hand out from tp, where it knows it (None otherwise). Every record
+    handed out is handled before the next heartbeat, so for a partition not read from since it was
+    assigned this is where the intake stands."""
     try:
-        state = consumer._thread._ensure_consumer()._subscription.subscription.assignment.state_value(tp)
+        state = consumer._subscription.subscription.assignment.state_value(tp)
         return None if state is None or not state.has_valid_position else state.position
     except (AttributeError, AssertionError, KeyError):
         return None
 
 
-def register(w: Wiring) -> None:
-    intake = Intake(w)
-    w.state["intake"] = intake
-    # A heartbeat must not run while a batch is half sent: its mark would already count the batch's
-    # touchpoints and could reach a journey partition before them (found by the kill -9 test).
-    sending = asyncio.Lock()
+class IntakeReader(Service):
+    """Runs the intake over its own consumer and producer: read, route, heartbeat, commit.
 
-    @w.app.agent(w.inputs, name="intake")
-    async def intake_agent(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            async with sending:
-                await intake.handle(batch)
+    One task does all of it, so a heartbeat never runs while a read is half sent (its mark would count
+    touchpoints a journey partition has not got yet; found by the kill -9 test). A rebalance waits for
+    the read in hand, then commits what was read and acknowledged. A failed send or commit closes both
+    clients and reads again from the last committed offsets: the journeys stage drops the repeats."""
 
-    @w.app.timer(HEARTBEAT_INTERVAL_S, name="intake-heartbeat")
-    async def heartbeat() -> None:
-        async with sending:
-            await intake.heartbeat()
+    def __init__(self, w: Wiring, bootstrap: str, session_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.w = w
+        self.bootstrap = bootstrap
+        self.session_timeout_ms = int(session_timeout_s * 1000)
+        self.intake: Intake | None = None
+        self.reading = asyncio.Lock()
+        self.read_to: dict[TopicPartition, int] = {}  # per partition, the next offset once acknowledged
+        self.stopped_reading = asyncio.Event()
+
+    @Service.task
+    async def _run(self) -> None:
+        try:
+            while not self.should_stop:
+                try:
+                    await self.read_until_stopped()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a broker away, a refused send: read again
+                    log.warning("intake: %s: %s; reading again from the last committed offsets in %.0f s",
+                                type(exc).__name__, exc, RETRY_AFTER_S)
+                    await asyncio.sleep(RETRY_AFTER_S)
+        finally:
+            self.stopped_reading.set()
+
+    async def on_stop(self) -> None:
+        """SIGTERM: let the loop finish its read, commit and leave the group before the task is cancelled."""
+        try:
+            await asyncio.wait_for(self.stopped_reading.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("intake: not stopped within %.0f s; its last reads will be read again", STOP_TIMEOUT_S)
+
+    async def read_until_stopped(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                    max_batch_size=PRODUCER_BATCH_BYTES, client_id=f"{INTAKE_GROUP}-producer")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=INTAKE_GROUP, client_id=f"{INTAKE_GROUP}-consumer",
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            session_timeout_ms=self.session_timeout_ms, rebalance_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3),
+        )
+        self.intake, self.read_to = Intake(self.w, producer, consumer), {}
+        await producer.start()
+        try:
+            consumer.subscribe(INPUT_TOPICS, listener=Rebalance(self))
+            await consumer.start()
+            try:
+                await self.read(consumer)
+            finally:
+                await consumer.stop()  # leaves the group: its partitions go to the other workers now
+        finally:
+            await producer.stop()
+
+    async def read(self, consumer: AIOKafkaConsumer) -> None:
+        assert self.intake is not None
+        next_heartbeat = next_commit = time.monotonic()
+        while not self.should_stop:
+            fetched = await consumer.getmany(timeout_ms=int(HEARTBEAT_INTERVAL_S * 1000), max_records=BATCH_MAX)
+            async with self.reading:
+                records = [record for batch in fetched.values() for record in batch]
+                await self.intake.handle(records)
+                for tp, batch in fetched.items():
+                    self.read_to[tp] = batch[-1].offset + 1
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+                    await self.intake.heartbeat()
+                if time.monotonic() >= next_commit:
+                    next_commit = time.monotonic() + COMMIT_INTERVAL_S
+                    await self.commit(consumer, consumer.assignment())
+        async with self.reading:
+            await self.commit(consumer, consumer.assignment())
+
+    async def commit(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
+        """Commit what was read from `partitions`, once every record sent for it is acknowledged."""
+        assert self.intake is not None
+        await self.intake.acknowledged()
+        offsets = {tp: self.read_to.pop(tp) for tp in partitions if tp in self.read_to}
+        if offsets:
+            await consumer.commit(offsets)
+
+    async def hand_over(self, revoked: set[TopicPartition]) -> None:
+        """Before a rebalance takes partitions away: finish the read in hand and commit them."""
+        if self.intake is None:
+            return
+        async with self.reading:
+            try:
+                await self.commit(self.intake.consumer, revoked)
+            except Exception as exc:  # noqa: BLE001 - the next owner reads them again; the journeys drop repeats
+                log.warning("intake: could not commit before a rebalance (%s)", exc)
+            for tp in revoked:
+                self.read_to.pop(tp, None)
+
+
+class Rebalance(ConsumerRebalanceListener):
+    def __init__(self, reader: IntakeReader) -> None:
+        self.reader = reader
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            await self.reader.hand_over(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        intake = self.reader.intake
+        if intake is not None and assigned:
+            await start_where_the_faust_group_stopped(intake.consumer, self.reader.bootstrap, set(assigned))
+
+
+async def start_where_the_faust_group_stopped(consumer: AIOKafkaConsumer, bootstrap: str,
+                                              assigned: set[TopicPartition]) -> None:
+    """A partition this group never committed starts where the engine's Faust group (which read the
+    inputs before the intake had a group of its own) committed, so an upgrade reads nothing twice;
+    else from the earliest offset."""
+    committed = {tp: await consumer.committed(tp) for tp in assigned}
+    uncommitted = {tp for tp, offset in committed.items() if offset is None}
+    if not uncommitted:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        legacy: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
+            LEGACY_GROUP, partitions=sorted(uncommitted))
+    except Exception as exc:  # noqa: BLE001 - no such group, or not now: from the earliest offset
+        log.info("intake: no offsets of group %s (%s)", LEGACY_GROUP, exc)
+        return
+    finally:
+        await admin.close()
+    for tp in uncommitted:
+        found = legacy.get(tp)
+        if found is not None and found.offset >= 0:
+            log.warning("intake: %s/%d starts at offset %d, where group %s stopped", tp.topic, tp.partition,
+                        found.offset, LEGACY_GROUP)
+            consumer.seek(tp, found.offset)
+
+
+def register(w: Wiring, bootstrap: str, session_timeout_s: float) -> IntakeReader:
+    reader = IntakeReader(w, bootstrap, session_timeout_s)
+    w.state["intake"] = reader
+    w.app.service(reader)
+    return reader

@@ -33,7 +33,8 @@ def test_build_registers_the_ltv_stage_only_when_on(on: bool, tmp_path: Path) ->
     w = build(settings(on, tmp_path), "127.0.0.1:9", MemoryStore())  # builds only: nothing connects
     assert (set(w.app.agents) >= LTV_AGENTS) is on
     assert (set(w.app.tables) >= LTV_AGENTS) is on
-    assert {"intake", "journeys", "metrics", "signals"} <= set(w.app.agents)
+    assert {"journeys", "metrics", "signals"} <= set(w.app.agents)
+    assert w.state["intake"] in w.app._extra_services  # its own consumer group, started with the app
     assert ("ltv-customers" in w.state) is on
 
 
