@@ -64,12 +64,13 @@ FAUST_PARTS = (  # (marker in a frame's function or file, part), checked on ever
 
 
 def stage(thread: str, frames: list[tuple[str, str]]) -> str:
-    """The part of the worker a sample belongs to: the outermost agent or timer of the project on its stack,
-    else the Faust or aiokafka machinery it is in, else the asyncio loop itself."""
+    """The part of the worker a sample belongs to: the outermost agent, timer or service task of the project on
+    its stack (the intake is a service of its own), else the Faust or aiokafka machinery it is in, else the
+    asyncio loop itself."""
     if thread != "MainThread":
         return f"thread {thread}: Faust's consumer thread (aiokafka fetches)"
     for func, file in frames:
-        if func.startswith("register.<locals>.") and file.startswith("streams/agents/"):
+        if file.startswith("streams/agents/"):
             return f"{file.removeprefix('streams/')}: {func.removeprefix('register.<locals>.')}"
     for func, file in frames:
         for marker, part in FAUST_PARTS:

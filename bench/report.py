@@ -214,7 +214,8 @@ def memory_section(memory: dict[str, Any], info: dict[str, Any]) -> str:
     per_touch = memory["traced_bytes_per_touch"]
     out += [
         "",
-        f"- **Per remembered event id** (dedup memory, `[hash, seq, ts]` in the row): "
+        "- **Per remembered event id** (dedup memory: its hash in the row's list of hashes, its `[seq, ts]` in "
+        f"the list beside it): "
         f"**{per_id:,.0f} B** (tracemalloc), {memory['rss_bytes_per_remembered_id']:,.0f} B (RSS).",
         f"- **Per touchpoint** (its row `[ts, kind, channel, campaign, affiliate_id, event_id]` plus its "
         f"remembered id): **{per_touch:,.0f} B** (tracemalloc), {memory['rss_bytes_per_touch']:,.0f} B (RSS).",
