@@ -215,7 +215,7 @@ def memory_section(memory: dict[str, Any], info: dict[str, Any]) -> str:
     out += [
         "",
         "- **Per remembered event id** (dedup memory: its hash in the row's list of hashes, its `[seq, ts]` in "
-        f"the list beside it): "
+        "the list beside it): "
         f"**{per_id:,.0f} B** (tracemalloc), {memory['rss_bytes_per_remembered_id']:,.0f} B (RSS).",
         f"- **Per touchpoint** (its row `[ts, kind, channel, campaign, affiliate_id, event_id]` plus its "
         f"remembered id): **{per_touch:,.0f} B** (tracemalloc), {memory['rss_bytes_per_touch']:,.0f} B (RSS).",
