@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
@@ -217,6 +217,7 @@ class IntakeReader(Service):
             heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3),
         )
         self.intake, self.read_to = Intake(self.w, producer, consumer), {}
+        await adopt_the_faust_groups_offsets(self.bootstrap)
         await producer.start()
         try:
             consumer.subscribe(INPUT_TOPICS, listener=Rebalance(self))
@@ -277,36 +278,37 @@ class Rebalance(ConsumerRebalanceListener):
             await self.reader.hand_over(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        intake = self.reader.intake
-        if intake is not None and assigned:
-            await start_where_the_faust_group_stopped(intake.consumer, self.reader.bootstrap, set(assigned))
+        """Nothing to load: the intake keeps no state per partition, and commits were adopted before joining."""
 
 
-async def start_where_the_faust_group_stopped(consumer: AIOKafkaConsumer, bootstrap: str,
-                                              assigned: set[TopicPartition]) -> None:
-    """A partition this group never committed starts where the engine's Faust group (which read the
-    inputs before the intake had a group of its own) committed, so an upgrade reads nothing twice;
-    else from the earliest offset."""
-    committed = {tp: await consumer.committed(tp) for tp in assigned}
-    uncommitted = {tp for tp, offset in committed.items() if offset is None}
-    if not uncommitted:
-        return
+async def adopt_the_faust_groups_offsets(bootstrap: str) -> None:
+    """Before the intake had a group of its own, the worker's Faust group read the inputs. A cluster where
+    that group committed input offsets and this one never did gets them committed for this group, before
+    it joins: an upgrade then reads nothing twice and skips nothing. (Elsewhere a new group starts from
+    the earliest offset.) A commit refused because the group already has members changes nothing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        await admin.start()
-        legacy: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
-            LEGACY_GROUP, partitions=sorted(uncommitted))
-    except Exception as exc:  # noqa: BLE001 - no such group, or not now: from the earliest offset
-        log.info("intake: no offsets of group %s (%s)", LEGACY_GROUP, exc)
-        return
+        if any(tp.topic in INPUT_TOPICS for tp in await admin.list_consumer_group_offsets(INTAKE_GROUP)):
+            return
+        legacy = {tp: found.offset for tp, found in (await admin.list_consumer_group_offsets(LEGACY_GROUP)).items()
+                  if tp.topic in INPUT_TOPICS and found.offset >= 0}
     finally:
         await admin.close()
-    for tp in uncommitted:
-        found = legacy.get(tp)
-        if found is not None and found.offset >= 0:
-            log.warning("intake: %s/%d starts at offset %d, where group %s stopped", tp.topic, tp.partition,
-                        found.offset, LEGACY_GROUP)
-            consumer.seek(tp, found.offset)
+    if not legacy:
+        return
+    committer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=INTAKE_GROUP, enable_auto_commit=False)
+    await committer.start()
+    try:
+        committer.assign(list(legacy))
+        await committer.commit(legacy)
+    except KafkaError as exc:
+        log.warning("intake: group %s's offsets not adopted (%s)", LEGACY_GROUP, exc)
+        return
+    finally:
+        await committer.stop()
+    log.warning("intake: group %s starts where group %s stopped on %d input partitions", INTAKE_GROUP,
+                LEGACY_GROUP, len(legacy))
 
 
 def register(w: Wiring, bootstrap: str, session_timeout_s: float) -> IntakeReader:
