@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
@@ -285,30 +284,30 @@ async def adopt_the_faust_groups_offsets(bootstrap: str) -> None:
     """Before the intake had a group of its own, the worker's Faust group read the inputs. A cluster where
     that group committed input offsets and this one never did gets them committed for this group, before
     it joins: an upgrade then reads nothing twice and skips nothing. (Elsewhere a new group starts from
-    the earliest offset.) A commit refused because the group already has members changes nothing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    the earliest offset.) Neither consumer joins its group; a commit refused because the intake group
+    already has members changes nothing."""
+    mine = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=INTAKE_GROUP, enable_auto_commit=False)
+    theirs = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=LEGACY_GROUP, enable_auto_commit=False)
+    await mine.start()
+    await theirs.start()
     try:
-        if any(tp.topic in INPUT_TOPICS for tp in await admin.list_consumer_group_offsets(INTAKE_GROUP)):
+        cluster = await mine._client.fetch_all_metadata()  # partitions_for_topic knows subscribed topics only
+        inputs = [TopicPartition(topic, partition) for topic in INPUT_TOPICS
+                  for partition in sorted(cluster.partitions_for_topic(topic) or ())]
+        mine.assign(inputs)
+        theirs.assign(inputs)
+        if any([await mine.committed(tp) is not None for tp in inputs]):
             return
-        legacy = {tp: found.offset for tp, found in (await admin.list_consumer_group_offsets(LEGACY_GROUP)).items()
-                  if tp.topic in INPUT_TOPICS and found.offset >= 0}
-    finally:
-        await admin.close()
-    if not legacy:
-        return
-    committer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=INTAKE_GROUP, enable_auto_commit=False)
-    await committer.start()
-    try:
-        committer.assign(list(legacy))
-        await committer.commit(legacy)
+        legacy = {tp: offset for tp in inputs if (offset := await theirs.committed(tp)) is not None}
+        if legacy:
+            await mine.commit(legacy)
+            log.warning("intake: group %s starts where group %s stopped on %d input partitions", INTAKE_GROUP,
+                        LEGACY_GROUP, len(legacy))
     except KafkaError as exc:
         log.warning("intake: group %s's offsets not adopted (%s)", LEGACY_GROUP, exc)
-        return
     finally:
-        await committer.stop()
-    log.warning("intake: group %s starts where group %s stopped on %d input partitions", INTAKE_GROUP,
-                LEGACY_GROUP, len(legacy))
+        await theirs.stop()
+        await mine.stop()
 
 
 def register(w: Wiring, bootstrap: str, session_timeout_s: float) -> IntakeReader:
