@@ -10,7 +10,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY streams ./streams
 COPY schemas ./schemas
-RUN pip install .
+RUN pip install '.[rocksdb]'
 # Run the source tree next to schemas/ (the installed copy in site-packages has no
 # schemas/ beside it); pip above brought the dependencies and the `attribution` script.
 ENV PYTHONPATH=/app

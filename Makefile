@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,embedded]'
+	$(PY) -m pip install -q -e '.[dev,embedded,rocksdb]'
 	touch $(STAMP)
 
 deps: $(STAMP)

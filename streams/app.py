@@ -87,6 +87,9 @@ class KeyPartitionedTable(faust.Table):
     changelog's order per key is only kept within a way. Offsets are still committed only after these
     records are acknowledged: Faust's commit flushes the client, and `send_changes` is awaited before
     the events that made the rows are acknowledged.
+
+    With STATE_STORE=rocksdb the rows live in `streams.disk_store`, which finds a key's database by
+    `partition_for` too.
     """
 
     def __init__(self, *args: Any, partition_for: Callable[[str], int], **kwargs: Any) -> None:
@@ -99,6 +102,17 @@ class KeyPartitionedTable(faust.Table):
 
     def partition_for_key(self, key: Any) -> int:
         return self.partition_for(key)
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        if str(url).startswith("rocksdb:"):
+            from streams.disk_store import KeyPartitionedRocksDBStore  # RocksDB's bindings only where it is used
+
+            return KeyPartitionedRocksDBStore(
+                url, self.app, self, table_name=self.name, key_type=self.key_type,
+                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                value_type=self.value_type, loop=self.loop, options=self.options,
+            )
+        return super()._new_store_by_url(url)
 
     def put_rows(self, rows: Mapping[str, Any]) -> None:
         """Set each key to its row (None: delete it) now, and queue the changelog records in that order,

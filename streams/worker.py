@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 from argparse import Namespace
+from pathlib import Path
 
 from streams.config import Settings
 from streams.observability import configure_logging
@@ -24,6 +25,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     import faust
 
     from streams.app import build
+    from streams.disk_store import claim_empty_state_dir
     from streams.embedded import resolve_bootstrap
     from streams.store import open_store
 
@@ -40,6 +42,12 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
         if embedded is not None:
             session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
         wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
+        if settings.state_store == "rocksdb":
+            try:
+                wiring.state["state-dir-lock"] = claim_empty_state_dir(Path(wiring.app.conf.tabledir))
+            except RuntimeError as exc:  # rocksdict missing, or the directory in use
+                print(f"attribution worker: {exc}", file=sys.stderr)
+                return 1
         log.warning("worker starting on %s (model %s, web port %d)", bootstrap, settings.attribution_model,
                     settings.web_port)
         worker = faust.Worker(wiring.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

@@ -105,10 +105,12 @@ async def assert_exact(broker: KafkaBroker, scenario: Scenario, report: dict[str
         attribution_problems[:30])
 
 
+@pytest.mark.parametrize("state_store", ["memory", "rocksdb"])
 async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing(
-    broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
+    broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess], state_store: str
 ) -> None:
-    worker = await started(make_worker(bootstrap=broker.bootstrap, env=worker_env(redis_url), name="solo"))
+    env = worker_env(redis_url, STATE_STORE=state_store)  # rocksdb: files locked, emptied and refilled on restart
+    worker = await started(make_worker(bootstrap=broker.bootstrap, env=env, name="solo"))
     scenario = Scenario(seed=1, events=EVENTS)
     producing = asyncio.create_task(produce_steps(broker.bootstrap, scenario.steps, pause=0.05))
 
@@ -119,8 +121,8 @@ async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing
     worker.restart()
     await producing
 
-    await assert_exact(broker, scenario, {"test": "kill -9", "events": scenario.total_sent, "judged_at_kill": at_kill},
-                       worker)
+    report = {"test": "kill -9", "store": state_store, "events": scenario.total_sent, "judged_at_kill": at_kill}
+    await assert_exact(broker, scenario, report, worker)
     assert worker.alive
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -143,7 +144,12 @@ def test_engine_services_run_this_repository(service: str) -> None:
     assert SERVICES[service]["build"] == "."
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
-    assert re.search(r"^RUN pip install \.\s*$", dockerfile, re.M)
+    installed = re.search(r"^RUN pip install '\.\[([a-z,]+)\]'\s*$", dockerfile, re.M)
+    assert installed, "the image installs this repository"
+    extras = set(installed.group(1).split(","))
+    offered = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras <= set(offered)
+    assert "rocksdb" in extras  # STATE_STORE=rocksdb (CONTRACT.md) works in the image
     for copied in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (ROOT / copied).exists(), f"Dockerfile copies {copied}, which is not in the repository"
 
