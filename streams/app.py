@@ -171,6 +171,7 @@ class Wiring:
     store: Store
     metrics: WorkerMetrics
     registry: CollectorRegistry
+    bootstrap: str = ""
     journey_events: Any = None
     partials_topic: Any = None
     customer_orders: Any = None
@@ -230,7 +231,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
         loghandlers=[],
     )
     registry = CollectorRegistry()
-    wiring = Wiring(settings, app, store, WorkerMetrics(registry, settings.campaign_label_cap), registry)
+    wiring = Wiring(settings, app, store, WorkerMetrics(registry, settings.campaign_label_cap), registry, bootstrap)
     n = settings.topic_partitions
     wiring.journey_events = app.topic(JOURNEY_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.partials_topic = app.topic(PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)

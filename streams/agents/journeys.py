@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 import orjson
+from faust.types import TP
 
+from streams.agents.skipped import OffsetTracker, SkippedRecordReader, with_skipped_records
 from streams.app import Wiring
 from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
@@ -425,11 +427,23 @@ def register(w: Wiring) -> None:
     w.journeys.recovered_callbacks.append(stage.requeue_pending)
     w.partials.recovered_callbacks.append(stage.resend_partials)
 
+    topic = w.journey_events.get_topic_name()
+    offsets = OffsetTracker()
+    skipped = SkippedRecordReader(w.bootstrap, topic)
+
+    def committed(partition: int) -> int | None:
+        """Where Faust sought the partition to: its committed offset, until the stage acknowledges more."""
+        return w.app.consumer._committed_offset.get(TP(topic, partition))
+
     @w.app.agent(w.journey_events, name="journeys")
     async def journeys(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            stage.absorb_batch(batch)
-            await w.journeys.send_changes()  # before the batch's events are acknowledged
+        try:
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                batch = await with_skipped_records(batch, offsets, skipped, w.app.consumer_generation_id, committed)
+                stage.absorb_batch(batch)
+                await w.journeys.send_changes()  # before the batch's events are acknowledged
+        finally:
+            await skipped.close()
 
     @w.app.timer(DUE_INTERVAL_S, name="attribute-due")
     async def attribute_due() -> None:
