@@ -16,7 +16,7 @@ import orjson
 from faust.types import TP
 
 from streams.agents.skipped import OffsetTracker, SkippedRecordReader, with_skipped_records
-from streams.app import Wiring
+from streams.app import APP_ID, Wiring
 from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
 from streams.events import Lead, Order, Spend, Touch, from_row
@@ -429,10 +429,10 @@ def register(w: Wiring) -> None:
 
     topic = w.journey_events.get_topic_name()
     offsets = OffsetTracker()
-    skipped = SkippedRecordReader(w.bootstrap, topic)
+    skipped = SkippedRecordReader(w.bootstrap, topic, APP_ID)
 
     def committed(partition: int) -> int | None:
-        """Where Faust sought the partition to: its committed offset, until the stage acknowledges more."""
+        """Faust's committed offset of the partition (None until its seek has set it, or never committed)."""
         return w.app.consumer._committed_offset.get(TP(topic, partition))
 
     @w.app.agent(w.journey_events, name="journeys")

@@ -8,8 +8,11 @@ restart, their conversions credited to other channels or never attributed, one r
 
 The journeys stage must absorb every message of its partitions, in offset order (its sequence marks skip
 anything below a mark already passed), so it checks the offsets it is handed and reads a skipped range
-itself, with a consumer of its own (no group), before the message that follows the range. Offsets are
-followed within one consumer generation: after a rebalance a partition starts at its committed offset.
+itself, with a consumer of its own (it reads the worker group's commits but never joins it), before the
+record that follows the range. Offsets are followed within one consumer generation: after a rebalance a
+partition starts at its committed offset, asked of the broker where Faust has not yet set it (the first
+records can arrive before Faust's own seek has). A record handed on a second time is dropped: it was
+absorbed the first time (passed on again, it was judged late again and counted).
 """
 
 from __future__ import annotations
@@ -33,28 +36,42 @@ class OffsetTracker:
         self.expected: dict[int, int] = {}
         self.generation: Any = None
 
-    def skipped(self, generation: Any, partition: int, offset: int,
-                committed: Callable[[int], int | None]) -> tuple[int, int] | None:
-        """Note that `offset` was handed on; return the range [start, end) skipped just before it, if any.
-        A partition's first offset in a generation is expected at `committed(partition)`, where the stream
-        starts (None: never committed, the beginning). An offset handed on again skips nothing."""
+    def starts(self, generation: Any, partition: int) -> bool:
+        """Whether the partition's next record is its first of this generation: `start` must say where
+        the stream was sought to."""
         if generation != self.generation:
             self.expected.clear()
             self.generation = generation
-        expected = self.expected.get(partition)
-        if expected is None:
-            expected = committed(partition) or 0
-        self.expected[partition] = max(expected, offset + 1)
-        return (expected, offset) if offset > expected else None
+        return partition not in self.expected
+
+    def start(self, partition: int, offset: int) -> None:
+        self.expected[partition] = offset
+
+    def place(self, partition: int, offset: int) -> tuple[int, int] | None:
+        """Note that `offset` was handed on: the range [start, offset) skipped just before it (empty when
+        none), or None for a record handed on before (it was absorbed then)."""
+        expected = self.expected[partition]
+        if offset < expected:
+            return None
+        self.expected[partition] = offset + 1
+        return expected, offset
 
 
 class SkippedRecordReader:
     """Reads ranges of a topic's partitions with a consumer of its own, started on first use."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.group = group  # whose committed offsets it reads; it never joins the group or commits
         self.consumer: AIOKafkaConsumer | None = None
+
+    async def committed(self, partition: int) -> int | None:
+        """The group's committed offset of the partition on the broker (None: never committed)."""
+        consumer = await self.started()
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        return await consumer.committed(tp)  # type: ignore[no-any-return]
 
     async def read(self, partition: int, start: int, end: int) -> list[Any]:
         """Records start..end-1 of the partition, as events of a batch (`event.message` is the record)."""
@@ -80,8 +97,9 @@ class SkippedRecordReader:
 
     async def started(self) -> AIOKafkaConsumer:
         if self.consumer is None:
-            self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                             auto_offset_reset="earliest", client_id="attribution-skipped-records")
+            self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group,
+                                             enable_auto_commit=False, auto_offset_reset="earliest",
+                                             client_id="attribution-skipped-records")
             await self.consumer.start()
         return self.consumer
 
@@ -93,12 +111,20 @@ class SkippedRecordReader:
 
 async def with_skipped_records(events: list[Any], tracker: OffsetTracker, reader: SkippedRecordReader,
                                generation: Any, committed: Callable[[int], int | None]) -> list[Any]:
-    """The batch with every skipped range read and put in before the event that follows it."""
+    """The batch without records handed on before, and with every skipped range read and put in before
+    the record that follows it. `committed(partition)`: Faust's committed offset where it knows it."""
     out: list[Any] = []
     for event in events:
         message = event.message
-        gap = tracker.skipped(generation, message.partition, message.offset, committed)
-        if gap is not None:
+        if tracker.starts(generation, message.partition):
+            start = committed(message.partition)
+            if start is None:
+                start = await reader.committed(message.partition)
+            tracker.start(message.partition, start or 0)
+        gap = tracker.place(message.partition, message.offset)
+        if gap is None:
+            continue
+        if gap[0] < gap[1]:
             out += await reader.read(message.partition, *gap)
         out.append(event)
     return out

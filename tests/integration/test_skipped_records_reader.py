@@ -1,12 +1,13 @@
 """`SkippedRecordReader` on the real broker: it reads exactly the range asked for, in order, also when the
-partition has more records after it."""
+partition has more records after it, and the group's committed offset (None where it never committed),
+without joining the group or committing."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.agents.skipped import SkippedRecordReader
 from tests.integration.services import create_topics
@@ -24,11 +25,21 @@ async def test_the_reader_returns_exactly_the_skipped_range_in_order(kafka_boots
             await producer.send_and_wait(topic, f"m{n}".encode(), partition=1)
     finally:
         await producer.stop()
-    reader = SkippedRecordReader(kafka_bootstrap, topic)
+    group = f"group-{topic}"
+    committer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await committer.start()
     try:
+        committer.assign([TopicPartition(topic, 1)])
+        await committer.commit({TopicPartition(topic, 1): 5})
+    finally:
+        await committer.stop()
+    reader = SkippedRecordReader(kafka_bootstrap, topic, group)
+    try:
+        assert (await reader.committed(1), await reader.committed(0)) == (5, None)
         events = await reader.read(1, 5, 12)
         assert [(e.message.partition, e.message.offset, e.message.value) for e in events] == [
             (1, n, f"m{n}".encode()) for n in range(5, 12)]
         assert [e.message.offset for e in await reader.read(1, 18, 20)] == [18, 19]  # the end of the partition
+        assert await reader.committed(1) == 5  # reading committed nothing
     finally:
         await reader.close()

@@ -1,6 +1,7 @@
 """The journeys stage's check of the offsets Faust hands it (`streams.agents.skipped`): a range skipped
-before a record, also at a partition's first record of a generation, is read and put in first; records
-handed on again skip nothing. No broker: the reader is replaced by one that serves from a list."""
+before a record, also at a partition's first record of a generation, is read and put in first; a record
+handed on again is dropped; a partition starts at Faust's committed offset, else the broker's, else 0.
+No broker: the reader is replaced by one that serves from a list."""
 
 from __future__ import annotations
 
@@ -12,54 +13,53 @@ import pytest
 from streams.agents.skipped import OffsetTracker, with_skipped_records
 
 
-def never_committed(partition: int) -> int | None:
-    return None
+def placed(tracker: OffsetTracker, partition: int, *offsets: int) -> list[tuple[int, int] | None]:
+    return [tracker.place(partition, offset) for offset in offsets]
 
 
-def test_consecutive_offsets_from_the_committed_one_skip_nothing() -> None:
+def started(partition: int, at: int, generation: int = 1) -> OffsetTracker:
     tracker = OffsetTracker()
-    assert [tracker.skipped(1, 0, offset, lambda p: 7) for offset in (7, 8, 9)] == [None, None, None]
+    assert tracker.starts(generation, partition)
+    tracker.start(partition, at)
+    return tracker
+
+
+def test_consecutive_offsets_from_the_start_skip_nothing() -> None:
+    assert placed(started(0, 7), 0, 7, 8, 9) == [(7, 7), (8, 8), (9, 9)]
 
 
 def test_a_jump_ahead_is_the_range_skipped() -> None:
-    tracker = OffsetTracker()
-    assert tracker.skipped(1, 0, 3, lambda p: 3) is None
-    assert tracker.skipped(1, 0, 4, lambda p: 3) is None
-    assert tracker.skipped(1, 0, 9, lambda p: 3) == (5, 9)
-    assert tracker.skipped(1, 0, 10, lambda p: 3) is None
+    assert placed(started(0, 3), 0, 3, 4, 9, 10) == [(3, 3), (4, 4), (5, 9), (10, 10)]
 
 
-def test_a_first_record_past_the_committed_offset_is_a_skip() -> None:
+def test_a_first_record_past_the_start_is_a_skip() -> None:
     """After a restart Faust handed on a partition committed at 7 from offset 21 (and one never committed
-    from 13): only the committed offset says where the stream starts."""
-    tracker = OffsetTracker()
-    assert tracker.skipped(1, 1, 21, lambda p: 7) == (7, 21)
-    assert tracker.skipped(1, 3, 13, never_committed) == (0, 13)
+    from 13): only where the stream was sought to says where it starts."""
+    assert placed(started(1, 7), 1, 21) == [(7, 21)]
+    assert placed(started(3, 0), 3, 13) == [(0, 13)]
 
 
-def test_records_handed_on_again_skip_nothing_and_do_not_lower_the_mark() -> None:
-    tracker = OffsetTracker()
-    for offset in range(10):
-        tracker.skipped(1, 0, offset, never_committed)
-    assert tracker.skipped(1, 0, 4, never_committed) is None  # a seek back: read again, absorbed as replays
-    assert tracker.skipped(1, 0, 10, never_committed) is None
-    assert tracker.skipped(1, 0, 12, never_committed) == (11, 12)
+def test_a_record_handed_on_again_is_dropped_and_does_not_lower_the_mark() -> None:
+    tracker = started(0, 0)
+    placed(tracker, 0, *range(10))
+    assert placed(tracker, 0, 4, 9, 10, 12) == [None, None, (10, 10), (11, 12)]
 
 
 def test_partitions_are_followed_apart() -> None:
-    tracker = OffsetTracker()
-    tracker.skipped(1, 0, 0, never_committed)
-    tracker.skipped(1, 1, 0, never_committed)
-    assert tracker.skipped(1, 1, 1, never_committed) is None
-    assert tracker.skipped(1, 0, 2, never_committed) == (1, 2)
+    tracker = started(0, 0)
+    assert not tracker.starts(1, 0) and tracker.starts(1, 1)
+    tracker.start(1, 0)
+    assert placed(tracker, 1, 0, 1) == [(0, 0), (1, 1)]
+    assert placed(tracker, 0, 0, 2) == [(0, 0), (1, 2)]
 
 
-def test_a_new_generation_starts_every_partition_at_its_committed_offset() -> None:
+def test_a_new_generation_starts_every_partition_again() -> None:
     """After a rebalance the partition may have been another worker's: what it read is not a skip."""
-    tracker = OffsetTracker()
-    tracker.skipped(1, 0, 5, lambda p: 5)
-    assert tracker.skipped(2, 0, 40, lambda p: 40) is None
-    assert tracker.skipped(2, 0, 42, lambda p: 40) == (41, 42)
+    tracker = started(0, 5)
+    placed(tracker, 0, 5)
+    assert tracker.starts(2, 0)
+    tracker.start(0, 40)
+    assert placed(tracker, 0, 40, 42) == [(40, 40), (41, 42)]
 
 
 def event(partition: int, offset: int) -> Any:
@@ -67,19 +67,46 @@ def event(partition: int, offset: int) -> Any:
 
 
 class ListReader:
-    def __init__(self) -> None:
+    """Serves any range; the broker's committed offsets are `on_broker`."""
+
+    def __init__(self, on_broker: dict[int, int | None]) -> None:
+        self.on_broker = on_broker
         self.reads: list[tuple[int, int, int]] = []
+
+    async def committed(self, partition: int) -> int | None:
+        return self.on_broker.get(partition)
 
     async def read(self, partition: int, start: int, end: int) -> list[Any]:
         self.reads.append((partition, start, end))
         return [event(partition, offset) for offset in range(start, end)]
 
 
+def offsets(events: list[Any]) -> list[tuple[int, int]]:
+    return [(e.message.partition, e.message.offset) for e in events]
+
+
 @pytest.mark.asyncio
 async def test_skipped_records_are_put_in_before_the_record_that_follows_them() -> None:
-    reader = ListReader()
+    reader = ListReader({})
     batch = [event(0, 7), event(1, 0), event(0, 10), event(1, 1), event(0, 11)]
-    filled = await with_skipped_records(batch, OffsetTracker(), reader, 1, lambda p: 7 if p == 0 else None)  # type: ignore[arg-type]
-    assert [(e.message.partition, e.message.offset) for e in filled] == [
-        (0, 7), (1, 0), (0, 8), (0, 9), (0, 10), (1, 1), (0, 11)]
+    filled = await with_skipped_records(batch, OffsetTracker(), reader, 1, {0: 7}.get)  # type: ignore[arg-type]
+    assert offsets(filled) == [(0, 7), (1, 0), (0, 8), (0, 9), (0, 10), (1, 1), (0, 11)]
     assert reader.reads == [(0, 8, 10)]
+
+
+@pytest.mark.asyncio
+async def test_where_faust_has_no_committed_offset_yet_the_broker_s_counts_then_the_beginning() -> None:
+    """A clean restart: the first records came before Faust's seek had set its committed offsets; taking
+    the beginning for their start read everything again (and judged it late again)."""
+    reader = ListReader({0: 30})
+    batch = [event(0, 30), event(0, 31), event(1, 2)]
+    filled = await with_skipped_records(batch, OffsetTracker(), reader, 1, lambda p: None)  # type: ignore[arg-type]
+    assert offsets(filled) == [(0, 30), (0, 31), (1, 0), (1, 1), (1, 2)]
+    assert reader.reads == [(1, 0, 2)]
+
+
+@pytest.mark.asyncio
+async def test_records_handed_on_twice_in_a_batch_are_absorbed_once() -> None:
+    batch = [event(0, 5), event(0, 6), event(0, 5), event(0, 6), event(0, 7)]
+    filled = await with_skipped_records(batch, OffsetTracker(), ListReader({}), 1, {0: 5}.get)  # type: ignore[arg-type]
+    assert offsets(filled) == [(0, 5), (0, 6), (0, 7)]
