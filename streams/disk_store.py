@@ -14,7 +14,6 @@ the store keeps no persisted offsets: RocksDB here is for state larger than RAM,
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 from pathlib import Path
 from typing import IO, Any
@@ -70,5 +69,8 @@ def claim_empty_state_dir(tabledir: Path) -> IO[str]:
         raise StateDirInUse(message) from None
     for entry in tabledir.iterdir():
         if entry.name != LOCK_FILE:
-            shutil.rmtree(entry) if entry.is_dir() else os.unlink(entry)
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     return lock
