@@ -171,7 +171,7 @@ class Wiring:
     store: Store
     metrics: WorkerMetrics
     registry: CollectorRegistry
-    bootstrap: str = ""
+    bootstrap: str = ""  # the Kafka bootstrap servers, for the stages that keep clients of their own
     journey_events: Any = None
     partials_topic: Any = None
     customer_orders: Any = None
@@ -260,7 +260,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
     wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
 
-    intake.register(wiring, bootstrap, session_timeout_s)
+    intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
     metrics.register(wiring)
     if settings.ltv_stage:

@@ -25,7 +25,6 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     import faust
 
     from streams.app import build
-    from streams.disk_store import claim_empty_state_dir
     from streams.embedded import resolve_bootstrap
     from streams.store import open_store
 
@@ -43,6 +42,8 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
             session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
         wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
         if settings.state_store == "rocksdb":
+            from streams.disk_store import claim_empty_state_dir  # Faust's RocksDB module only where it is used
+
             try:
                 wiring.state["state-dir-lock"] = claim_empty_state_dir(Path(wiring.app.conf.tabledir))
             except RuntimeError as exc:  # rocksdict missing, or the directory in use

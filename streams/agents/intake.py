@@ -174,10 +174,10 @@ class IntakeReader(Service):
     the read in hand, then commits what was read and acknowledged. A failed send or commit closes both
     clients and reads again from the last committed offsets: the journeys stage drops the repeats."""
 
-    def __init__(self, w: Wiring, bootstrap: str, session_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, w: Wiring, session_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.w = w
-        self.bootstrap = bootstrap
+        self.bootstrap = w.bootstrap
         self.session_timeout_ms = int(session_timeout_s * 1000)
         self.intake: Intake | None = None
         self.reading = asyncio.Lock()
@@ -310,8 +310,8 @@ async def adopt_the_faust_groups_offsets(bootstrap: str) -> None:
         await mine.stop()
 
 
-def register(w: Wiring, bootstrap: str, session_timeout_s: float) -> IntakeReader:
-    reader = IntakeReader(w, bootstrap, session_timeout_s)
+def register(w: Wiring, session_timeout_s: float) -> IntakeReader:
+    reader = IntakeReader(w, session_timeout_s)
     w.state["intake"] = reader
     w.app.service(reader)
     return reader
