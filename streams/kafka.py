@@ -30,6 +30,23 @@ PUBLIC_TOPICS = (*INPUT_TOPICS, DLQ_TOPIC, ATTRIBUTIONS_TOPIC, METRICS_CHANNEL_T
 COMPACTED_TOPICS = (AFFILIATES_TOPIC,)
 
 
+def json_arrays(items: list[bytes], max_bytes: int) -> list[bytes]:
+    """JSON-encoded items packed into as few JSON arrays as keep each within `max_bytes` (an item larger than
+    that goes alone), in order: one Kafka message per array instead of one per item."""
+    arrays: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 2
+    for item in items:
+        if chunk and size + len(item) + 1 > max_bytes:
+            arrays.append(b"[" + b",".join(chunk) + b"]")
+            chunk, size = [], 2
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        arrays.append(b"[" + b",".join(chunk) + b"]")
+    return arrays
+
+
 def make_producer(bootstrap: str, *, idempotent: bool = False, linger_ms: int = 5) -> AIOKafkaProducer:
     """acks=all with a small linger: batching without losing what was acknowledged."""
     return AIOKafkaProducer(

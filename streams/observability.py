@@ -8,9 +8,14 @@ so a campaign-name explosion cannot blow up Prometheus.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import INF, floatToGoString
 
 OTHER_CAMPAIGN = "(other)"
 OUTCOMES = ("ok", "invalid", "duplicate", "late")
@@ -32,6 +37,58 @@ class CampaignLabels:
             known.add(campaign)
             return campaign
         return OTHER_CAMPAIGN
+
+
+class BatchHistogram:
+    """A Prometheus histogram observed a batch of values at a time: one `bisect` per value into plain
+    counts. prometheus_client's `Histogram.observe` takes two locks per value, which cost the journeys
+    stage about a tenth of its time. Exposed as any histogram (`_bucket`, `_count`, `_sum`)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = [*sorted(buckets), INF]
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds, counts = self.bounds, self.counts
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value: `le`
+            total += value
+        self.sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            cumulative.append((floatToGoString(bound), running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
+class BatchCounts:
+    """Counter increments summed over a batch and applied once per counter child (`apply`): a locked
+    `inc` per event and label set was the journeys stage's costliest call after the state itself."""
+
+    def __init__(self) -> None:
+        self.amounts: defaultdict[Any, float] = defaultdict(float)
+
+    def add(self, child: Any, amount: float = 1.0) -> None:
+        self.amounts[child] += amount
+
+    def apply(self) -> None:
+        for child, amount in self.amounts.items():
+            if amount:
+                child.inc(amount)
+        self.amounts.clear()
 
 
 class WorkerMetrics:
@@ -58,9 +115,7 @@ class WorkerMetrics:
         self.events = Counter(
             "attribution_events_total", "Input events by type and outcome", ("type", "outcome"), registry=registry
         )
-        self.lag = Histogram(
-            "attribution_event_lag_seconds", "Event time to processed", buckets=LAG_BUCKETS, registry=registry
-        )
+        self.lag = BatchHistogram("attribution_event_lag_seconds", "Event time to processed", LAG_BUCKETS, registry)
         self.consumer_lag = Gauge(
             "attribution_consumer_lag", "Input messages not read yet, per owned partition", ("topic", "partition"),
             registry=registry,
@@ -76,13 +131,14 @@ class WorkerMetrics:
                              registry=registry)
         self.ltv_ltv_cac = Gauge("attribution_ltv_ltv_cac", "clv / cac, cumulative", ("channel",), registry=registry)
 
-    def count(self, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
+    def count(self, counts: BatchCounts, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
+        """Add to the counter's (channel, campaign) child in `counts`; nothing for 0, so no series of zeros."""
         if amount:
             label = self.campaign(channel, campaign)
             child = self.children.get((counter, channel, label))
             if child is None:  # `labels()` per event was the stage's costliest call after the state itself
                 child = self.children[counter, channel, label] = counter.labels(channel, label)
-            child.inc(amount)
+            counts.add(child, amount)
 
 
 def configure_logging(level: str) -> None:

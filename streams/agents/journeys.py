@@ -21,7 +21,8 @@ from streams.attribution import Affiliate, Lookback, commissions, credits, journ
 from streams.config import MODELS
 from streams.events import Lead, Order, Spend, Touch, from_row
 from streams.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, event_ids, seq_of
-from streams.observability import OUTCOMES
+from streams.kafka import json_arrays
+from streams.observability import OUTCOMES, BatchCounts
 from streams.watermarks import SourceWatermarks
 from streams.windows import (
     CLICKS,
@@ -52,6 +53,7 @@ SWEEP_CHUNK = 2_000
 SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
+SNAPSHOT_MESSAGE_BYTES = 256 * 1024  # partial snapshots per message, as a JSON array (Kafka's limit: 1 MiB)
 FUTURE_TOLERANCE_MS = 300_000
 TOUCHES = ("i", "c")
 TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
@@ -75,6 +77,8 @@ class JourneyStage:
         self.store_down_since: float | None = None
         m = w.metrics
         self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in OUTCOMES}
+        self.counts = BatchCounts()  # Prometheus counts and lags of the batch at hand, published at its end
+        self.lags: list[float] = []
 
     # -- batches of journey events -------------------------------------------------------------
     def absorb_batch(self, batch: list[Any]) -> None:
@@ -96,6 +100,12 @@ class JourneyStage:
             journey.prune(self.click_horizon_ms, self.view_horizon_ms, dedup_window_ms)
         self.w.journeys.put_rows({key: journey.to_row() for key, journey in journeys.items()})
         self.write_partials(partials)
+        self.publish_counts()
+
+    def publish_counts(self) -> None:
+        self.counts.apply()
+        self.w.metrics.lag.observe_many(self.lags)
+        self.lags.clear()
 
     def absorb(
         self, partition: int, seq: int, key: str, item: Any, journeys: dict[str, Journey],
@@ -107,21 +117,21 @@ class JourneyStage:
         self.stream_time = max(self.stream_time, min(item.ts, int(now_ms) + FUTURE_TOLERANCE_MS))
         window = window_start(item.ts, s.metrics_window_ms)
         if is_closed(window, s.metrics_window_ms, self.stream_time, s.allowed_lateness_ms):
-            self.outcome[kind, "late"].inc()
+            self.counts.add(self.outcome[kind, "late"])
             return
         journey = journeys.get(key)
         if journey is None:
             journey = journeys[key] = Journey.from_row(self.w.journeys.get(key))
         admission = journey.admit(event_ids(item), seq, item.ts)
         if admission is Admission.DUPLICATE:
-            self.outcome[kind, "duplicate"].inc()  # this one, or the later pending order it supersedes
+            self.counts.add(self.outcome[kind, "duplicate"])  # this one, or the later pending order it supersedes
             if isinstance(item, Order) and journey.supersede_pending_order(item, seq):
                 self.grace.add(partition, key, seq, item.ts, time.monotonic())
             return
         if admission is Admission.NEW and kind != "o":  # an order is judged ok once its order_id is held
-            self.outcome[kind, "ok"].inc()
+            self.counts.add(self.outcome[kind, "ok"])
         if admission is Admission.NEW and kind in TOUCHES:  # conversions once attributed; spend comes late by design
-            self.w.metrics.lag.observe(max(0.0, now_ms - item.ts) / 1000)
+            self.lags.append(max(0.0, now_ms - item.ts) / 1000)
         if isinstance(item, Spend):
             self.count_touch_or_spend(partition, seq, item, partials, admission)
         elif isinstance(item, Touch):
@@ -144,13 +154,13 @@ class JourneyStage:
         if isinstance(item, Spend):
             partial.add(item.campaign, SPEND, item.amount)
             if admission is Admission.NEW:
-                m.count(m.spend, item.channel, item.campaign, item.amount)
+                m.count(self.counts, m.spend, item.channel, item.campaign, item.amount)
             return
         partial.add(item.campaign, CLICKS if item.kind == "c" else IMPRESSIONS, 1)
         partial.add(item.campaign, SPEND, item.cost)
         if admission is Admission.NEW:
-            m.count(m.clicks if item.kind == "c" else m.impressions, item.channel, item.campaign)
-            m.count(m.spend, item.channel, item.campaign, item.cost)
+            m.count(self.counts, m.clicks if item.kind == "c" else m.impressions, item.channel, item.campaign)
+            m.count(self.counts, m.spend, item.channel, item.campaign, item.cost)
 
     def partial(self, partials: dict[str, Partial], key: str) -> Partial:
         partial = partials.get(key)
@@ -159,9 +169,8 @@ class JourneyStage:
         return partial
 
     def write_partials(self, partials: dict[str, Partial]) -> None:
-        for key, partial in partials.items():
-            self.w.partials[key] = partial.to_row()
-            self.dirty_partials.add(key)
+        self.w.partials.put_rows({key: partial.to_row() for key, partial in partials.items()})
+        self.dirty_partials.update(partials)
 
     # -- conversions after the grace -----------------------------------------------------------
     def requeue_pending(self, partitions: set[int]) -> None:
@@ -204,6 +213,7 @@ class JourneyStage:
         done = self.apply(conversions, repeats, first_orders)
         # The partials and attributions must be on Kafka before the journeys forget the conversions: a
         # crash between the two changelogs would lose them from the metrics (found by the kill -9 test).
+        await self.w.partials.send_changes()
         await self.w.app.producer.flush()
         self.forget_pending(done)
         await self.w.journeys.send_changes()
@@ -263,10 +273,10 @@ class JourneyStage:
                 continue
             done.append((key, seq))
             if conversion.event_id in repeats:  # its order_id came earlier with another event (or visitor)
-                self.outcome["o", "duplicate"].inc()
+                self.counts.add(self.outcome["o", "duplicate"])
                 continue
             if isinstance(conversion, Order):
-                self.outcome["o", "ok"].inc()
+                self.counts.add(self.outcome["o", "ok"])
             promo = promo_codes.get(conversion.promo_code) if isinstance(conversion, Order) else None
             new_customer = first_orders.get(conversion.event_id, False)
             message, credited = self.attribute(journey, conversion, promo, affiliates, new_customer)
@@ -275,8 +285,9 @@ class JourneyStage:
             self.count_commissions(message["commissions"])
             if isinstance(conversion, Order) and conversion.customer_id and self.w.settings.ltv_stage:
                 self.send_customer_order(partition, seq, conversion, message)
-            self.w.metrics.lag.observe(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
+            self.lags.append(max(0.0, time.time() * 1000 - conversion.ts) / 1000)
         self.write_partials(partials)
+        self.publish_counts()
         return done
 
     def forget_pending(self, done: list[tuple[str, int]]) -> None:
@@ -346,13 +357,13 @@ class JourneyStage:
                 else:
                     partial.add(campaign, LEADS, weight)
             if is_order:
-                m.count(m.orders, channel, campaign, weight)
-                m.count(m.revenue, channel, campaign, weight * revenue)
-                m.count(m.gross_profit, channel, campaign, weight * revenue * margin)
+                m.count(self.counts, m.orders, channel, campaign, weight)
+                m.count(self.counts, m.revenue, channel, campaign, weight * revenue)
+                m.count(self.counts, m.gross_profit, channel, campaign, weight * revenue * margin)
                 if new_customer:
-                    m.count(m.new_customers, channel, campaign, weight)
+                    m.count(self.counts, m.new_customers, channel, campaign, weight)
             else:
-                m.count(m.leads, channel, campaign, weight)
+                m.count(self.counts, m.leads, channel, campaign, weight)
 
     def send_customer_order(self, partition: int, seq: int, order: Order, message: dict[str, Any]) -> None:
         """Hand the order to the lifetime-value stage, keyed by customer: customers cross tracking IDs."""
@@ -374,14 +385,21 @@ class JourneyStage:
 
     # -- snapshots downstream and expiry ----------------------------------------------------------
     async def send_snapshots(self) -> None:
+        """The dirty partials, as arrays of snapshots: a message per metrics partition (that of their
+        channels) and SNAPSHOT_MESSAGE_BYTES, so that Faust's per-message cost is paid once per array on
+        both sides, not once per partial."""
         dirty, self.dirty_partials = self.dirty_partials, set()
+        by_partition: dict[int, list[bytes]] = {}
         for key in sorted(dirty):
             row = self.w.partials.get(key)
             if row is None:
                 continue
             partition, window, channel = parse_partial_key(key)
             snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "f": row[2]}
-            await self.w.partials_topic.send(key=channel.encode(), value=orjson.dumps(snapshot))
+            by_partition.setdefault(self.w.partition_of(channel), []).append(orjson.dumps(snapshot))
+        for partition, snapshots in by_partition.items():
+            for value in json_arrays(snapshots, SNAPSHOT_MESSAGE_BYTES):
+                await self.w.partials_topic.send(value=value, partition=partition)
 
     async def sweep(self) -> None:
         """Forget journeys with nothing inside the horizon and partials of closed windows (event time), a
@@ -403,12 +421,14 @@ class JourneyStage:
             await self.w.journeys.send_changes()
             await self.w.app.producer.flush()
         assigned = self.w.assigned(topic)
+        closed = []
         for key in list(self.w.partials.data.keys()):
             partition, window, _ = parse_partial_key(key)
-            if partition in assigned and is_closed(
-                window, s.metrics_window_ms, self.stream_time, s.allowed_lateness_ms
-            ):
-                del self.w.partials[key]
+            if partition in assigned and is_closed(window, s.metrics_window_ms, self.stream_time,
+                                                   s.allowed_lateness_ms):
+                closed.append(key)
+        self.w.partials.put_rows(dict.fromkeys(closed))
+        await self.w.partials.send_changes()
 
 
 def credit_json(credit: Any, revenue: float) -> dict[str, Any]:
@@ -442,6 +462,7 @@ def register(w: Wiring) -> None:
                 batch = await with_skipped_records(batch, offsets, skipped, w.app.consumer_generation_id, committed)
                 stage.absorb_batch(batch)
                 await w.journeys.send_changes()  # before the batch's events are acknowledged
+                await w.partials.send_changes()
         finally:
             await skipped.close()
 

@@ -34,21 +34,22 @@ class MetricsStage:
         self.store_down = False  # the outage is logged once, when it starts, and once when it ends
 
     def absorb_batch(self, batch: list[Any]) -> None:
+        """Messages of partial snapshots: a list of them, or one alone (the form before lists, still read)."""
         s = self.w.settings
         windows: dict[str, ChannelWindow] = {}
         for event in batch:
-            snapshot = orjson.loads(event.message.value)
-            self.watermark = max(self.watermark, snapshot["wm"])
-            if is_closed(snapshot["w"], s.metrics_window_ms, self.watermark, s.allowed_lateness_ms):
-                continue  # that window has closed: a late snapshot changes nothing
-            key = f"{snapshot['c']}|{snapshot['w']}"
-            window = windows.get(key)
-            if window is None:
-                window = windows[key] = ChannelWindow.from_row(self.w.channel_windows.get(key))
-            window.sources[str(snapshot["p"])] = snapshot["f"]
-        for key, window in windows.items():
-            self.w.channel_windows[key] = window.to_row()
-            self.dirty.add(key)
+            value = orjson.loads(event.message.value)
+            for snapshot in value if isinstance(value, list) else [value]:
+                self.watermark = max(self.watermark, snapshot["wm"])
+                if is_closed(snapshot["w"], s.metrics_window_ms, self.watermark, s.allowed_lateness_ms):
+                    continue  # that window has closed: a late snapshot changes nothing
+                key = f"{snapshot['c']}|{snapshot['w']}"
+                window = windows.get(key)
+                if window is None:
+                    window = windows[key] = ChannelWindow.from_row(self.w.channel_windows.get(key))
+                window.sources[str(snapshot["p"])] = snapshot["f"]
+        self.w.channel_windows.put_rows({key: window.to_row() for key, window in windows.items()})
+        self.dirty.update(windows)
 
     def republish(self, partitions: set[int]) -> None:
         """After recovery: publish every restored window once more, in case a crash came between
@@ -68,7 +69,8 @@ class MetricsStage:
             await self.publish_window(key, final=False)
         for key in closing:
             await self.publish_window(key, final=True)
-            del self.w.channel_windows[key]
+        self.w.channel_windows.put_rows(dict.fromkeys(closing))
+        await self.w.channel_windows.send_changes()
         await self.save_latest()
 
     async def publish_window(self, key: str, final: bool) -> None:
@@ -130,6 +132,7 @@ def register(w: Wiring) -> None:
     async def metrics(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             stage.absorb_batch(batch)
+            await w.channel_windows.send_changes()  # before the batch's snapshots are acknowledged
 
     @w.app.timer(PUBLISH_INTERVAL_S, name="publish-metrics")
     async def publish() -> None:

@@ -1,0 +1,64 @@
+"""Partial snapshots travel as JSON arrays (one message per metrics partition and size limit); the
+metrics stage reads those and the one-snapshot messages written before them alike."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from streams.agents.metrics import MetricsStage
+from streams.config import Settings
+from streams.kafka import json_arrays
+
+W = 60_000
+T0 = 1_763_800_020_000 - 1_763_800_020_000 % W
+
+
+def test_json_arrays_pack_items_in_order_within_the_size_limit() -> None:
+    items = [orjson.dumps({"n": i, "pad": "x" * (i % 7)}) for i in range(50)]
+    arrays = json_arrays(items, max_bytes=120)
+    assert len(arrays) > 1
+    assert all(len(array) <= 120 for array in arrays)
+    assert [item for array in arrays for item in orjson.loads(array)] == [orjson.loads(item) for item in items]
+
+
+def test_json_arrays_send_an_item_over_the_limit_alone_and_nothing_for_no_items() -> None:
+    big = orjson.dumps("y" * 300)
+    arrays = json_arrays([b"1", big, b"2"], max_bytes=100)
+    assert [orjson.loads(array) for array in arrays] == [[1], ["y" * 300], [2]]
+    assert json_arrays([], max_bytes=100) == []
+
+
+class Table:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put_rows(self, rows: dict[str, Any]) -> None:
+        self.data.update(rows)
+
+
+def message(value: Any) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(value=orjson.dumps(value)))
+
+
+def snapshot(partition: int, channel: str, impressions: float, window: int = T0) -> dict[str, Any]:
+    return {"p": partition, "w": window, "c": channel, "wm": T0, "f": {"brand": [impressions] + [0.0] * 7}}
+
+
+def test_the_metrics_stage_reads_arrays_of_snapshots_and_single_snapshots_alike() -> None:
+    w = SimpleNamespace(settings=Settings.from_env({}), channel_windows=Table())
+    stage = MetricsStage(w)  # type: ignore[arg-type]
+    stage.absorb_batch([
+        message([snapshot(0, "google_ads", 3.0), snapshot(1, "google_ads", 4.0), snapshot(0, "email", 1.0)]),
+        message(snapshot(2, "google_ads", 5.0)),  # the form before arrays
+        message([snapshot(0, "google_ads", 6.0)]),  # a later snapshot of partition 0 replaces its first
+    ])
+    google = w.channel_windows.data[f"google_ads|{T0}"]
+    assert {source: figures["brand"][0] for source, figures in google.items()} == {"0": 6.0, "1": 4.0, "2": 5.0}
+    assert w.channel_windows.data[f"email|{T0}"] == {"0": {"brand": [1.0] + [0.0] * 7}}
+    assert stage.dirty == {f"google_ads|{T0}", f"email|{T0}"}
