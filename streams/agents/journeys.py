@@ -13,9 +13,8 @@ import time
 from typing import Any
 
 import orjson
-from faust.types import TP
 
-from streams.agents.skipped import OffsetTracker, SkippedRecordReader, with_skipped_records
+from streams.agents.skipped import SkippedRecordGuard
 from streams.app import APP_ID, Wiring
 from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
@@ -447,24 +446,17 @@ def register(w: Wiring) -> None:
     w.journeys.recovered_callbacks.append(stage.requeue_pending)
     w.partials.recovered_callbacks.append(stage.resend_partials)
 
-    topic = w.journey_events.get_topic_name()
-    offsets = OffsetTracker()
-    skipped = SkippedRecordReader(w.bootstrap, topic, APP_ID)
-
-    def committed(partition: int) -> int | None:
-        """Faust's committed offset of the partition (None until its seek has set it, or never committed)."""
-        return w.app.consumer._committed_offset.get(TP(topic, partition))
+    guard = SkippedRecordGuard(w.app, w.bootstrap, w.journey_events.get_topic_name(), APP_ID)
 
     @w.app.agent(w.journey_events, name="journeys")
     async def journeys(stream: Any) -> None:
         try:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-                batch = await with_skipped_records(batch, offsets, skipped, w.app.consumer_generation_id, committed)
-                stage.absorb_batch(batch)
+                stage.absorb_batch(await guard(batch))
                 await w.journeys.send_changes()  # before the batch's events are acknowledged
                 await w.partials.send_changes()
         finally:
-            await skipped.close()
+            await guard.close()
 
     @w.app.timer(DUE_INTERVAL_S, name="attribute-due")
     async def attribute_due() -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from streams.app import Wiring
+from streams.agents.skipped import SkippedRecordGuard
+from streams.app import APP_ID, Wiring
 from streams.kafka import METRICS_CHANNEL_TOPIC
 from streams.ltv import (
     FIGURES,
@@ -290,10 +291,15 @@ def register(w: Wiring) -> None:
     w.ltv_customers.recovered_callbacks.append(customers.rebuild)
     w.ltv_channels.recovered_callbacks.append(channels.recovered)
 
+    guard = SkippedRecordGuard(w.app, w.bootstrap, w.customer_orders.get_topic_name(), APP_ID)
+
     @w.app.agent(w.customer_orders, name="ltv-customers")
     async def ltv_customers(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            customers.absorb_batch(batch)
+        try:
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                customers.absorb_batch(await guard(batch))
+        finally:
+            await guard.close()
 
     @w.app.agent(w.ltv_channel_inputs, name="ltv-channels")
     async def ltv_channels(stream: Any) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from streams.app import Wiring
+from streams.agents.skipped import SkippedRecordGuard
+from streams.app import APP_ID, Wiring
 from streams.kpis import Figures, metrics_message
 from streams.windows import ChannelWindow, channel_figures, is_closed
 
@@ -128,11 +129,16 @@ def register(w: Wiring) -> None:
     w.state["metrics"] = stage
     w.channel_windows.recovered_callbacks.append(stage.republish)
 
+    guard = SkippedRecordGuard(w.app, w.bootstrap, w.partials_topic.get_topic_name(), APP_ID)
+
     @w.app.agent(w.partials_topic, name="metrics")
     async def metrics(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            stage.absorb_batch(batch)
-            await w.channel_windows.send_changes()  # before the batch's snapshots are acknowledged
+        try:
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                stage.absorb_batch(await guard(batch))
+                await w.channel_windows.send_changes()  # before the batch's snapshots are acknowledged
+        finally:
+            await guard.close()
 
     @w.app.timer(PUBLISH_INTERVAL_S, name="publish-metrics")
     async def publish() -> None:

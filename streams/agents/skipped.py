@@ -1,4 +1,4 @@
-"""Records of the journeys topic that Faust's consumer skipped, read again directly.
+"""Records that Faust's consumer skipped, read again directly (journeys, metrics and LTV customers stages).
 
 After a restart or a rebalance, faust-streaming 0.15's consumer can hand a stream partition's records on
 with some missing (a seek to the committed offsets lands while its fetcher hands out records from before
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 WAIT_WARNING_S = 30.0
@@ -128,3 +129,25 @@ async def with_skipped_records(events: list[Any], tracker: OffsetTracker, reader
             out += await reader.read(message.partition, *gap)
         out.append(event)
     return out
+
+
+class SkippedRecordGuard:
+    """What an agent of one topic needs to get every record of its partitions once, in order: call it on
+    each batch (`batch = await guard(batch)`), close it when the agent ends. `group`: the Faust app's."""
+
+    def __init__(self, app: Any, bootstrap: str, topic: str, group: str) -> None:
+        self.app = app
+        self.topic = topic
+        self.offsets = OffsetTracker()
+        self.reader = SkippedRecordReader(bootstrap, topic, group)
+
+    def committed(self, partition: int) -> int | None:
+        """Faust's committed offset of the partition (None until its seek has set it, or never committed)."""
+        return self.app.consumer._committed_offset.get(TP(self.topic, partition))  # type: ignore[no-any-return]
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        return await with_skipped_records(batch, self.offsets, self.reader, self.app.consumer_generation_id,
+                                          self.committed)
+
+    async def close(self) -> None:
+        await self.reader.close()

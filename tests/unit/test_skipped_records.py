@@ -1,7 +1,8 @@
-"""The journeys stage's check of the offsets Faust hands it (`streams.agents.skipped`): a range skipped
-before a record, also at a partition's first record of a generation, is read and put in first; a record
-handed on again is dropped; a partition starts at Faust's committed offset, else the broker's, else 0.
-No broker: the reader is replaced by one that serves from a list."""
+"""The check of the offsets Faust hands the journeys, metrics and LTV customers stages
+(`streams.agents.skipped`): a range skipped before a record, also at a partition's first record of a
+generation, is read and put in first; a record handed on again is dropped; a partition starts at Faust's
+committed offset, else the broker's, else 0. No broker: the reader is replaced by one that serves from a
+list."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
-from streams.agents.skipped import OffsetTracker, with_skipped_records
+from streams.agents.skipped import OffsetTracker, SkippedRecordGuard, with_skipped_records
 
 
 def placed(tracker: OffsetTracker, partition: int, *offsets: int) -> list[tuple[int, int] | None]:
@@ -110,3 +112,17 @@ async def test_records_handed_on_twice_in_a_batch_are_absorbed_once() -> None:
     batch = [event(0, 5), event(0, 6), event(0, 5), event(0, 6), event(0, 7)]
     filled = await with_skipped_records(batch, OffsetTracker(), ListReader({}), 1, {0: 5}.get)  # type: ignore[arg-type]
     assert offsets(filled) == [(0, 5), (0, 6), (0, 7)]
+
+
+@pytest.mark.asyncio
+async def test_a_guard_starts_at_faust_s_committed_offset_of_its_own_topic_and_follows_the_generation() -> None:
+    """The guard each single-topic agent (journeys, metrics, LTV customers) puts before its stage."""
+    consumer = SimpleNamespace(_committed_offset={TP("partials", 0): 4, TP("other-topic", 1): 9})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    guard = SkippedRecordGuard(app, "127.0.0.1:1", "partials", "attribution")
+    reader = guard.reader = ListReader({1: 2})  # type: ignore[assignment]
+    assert offsets(await guard([event(0, 6), event(1, 3), event(0, 6)])) == [(0, 4), (0, 5), (0, 6), (1, 2), (1, 3)]
+    assert reader.reads == [(0, 4, 6), (1, 2, 3)]
+    app.consumer_generation_id = 2  # a rebalance: where the other worker left partition 0 is not a skip
+    consumer._committed_offset[TP("partials", 0)] = 20
+    assert offsets(await guard([event(0, 20)])) == [(0, 20)]
