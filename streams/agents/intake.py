@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -51,6 +52,9 @@ FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every 
 # Conversions wait until these are read past their ts: touchpoints (so none is missed) and the other
 # conversions (so a customer's earlier order is judged first, whatever partition it came on).
 WATERMARK_TOPICS = ("impressions", "clicks", "leads", "orders")
+
+
+EVENT_TS = itemgetter(2)  # every normalised event is (kind, event_id, ts, ...)
 
 
 def route_key(event: Any) -> str:
@@ -85,6 +89,7 @@ class Intake:
     async def handle(self, records: list[Any]) -> None:
         routed: dict[int, list[list[Any]]] = defaultdict(list)
         read: list[tuple[TopicPartition, int, int | None]] = []
+        newest = None  # the highest event time routed
         for record in records:
             valid, rejections = parse_message(record.value, record.topic, self.w.settings)
             for rejection in rejections:
@@ -95,17 +100,18 @@ class Intake:
             for item in valid:
                 key = route_key(item)
                 routed[self.w.partition_of(key)].append([key, list(item)])
+            max_ts = max(map(EVENT_TS, valid), default=None)
+            if max_ts is not None and (newest is None or max_ts > newest):
+                newest = max_ts
             if record.topic in WATERMARK_TOPICS:
-                tp = TopicPartition(record.topic, record.partition)
-                read.append((tp, record.offset, max((item.ts for item in valid), default=None)))
+                read.append((TopicPartition(record.topic, record.partition), record.offset, max_ts))
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
                 await self.send(partition, self.mark, items[start : start + SEQ_PER_MESSAGE])
         # Counted as read only once sent: a heartbeat must never overtake the events it vouches for.
         for tp, offset, max_ts in read:
             self.progress.saw(tp, offset, max_ts)
-        if routed:
-            newest = max(row[2] for items in routed.values() for _, row in items)
+        if newest is not None:
             self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
 
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
