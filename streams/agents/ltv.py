@@ -98,8 +98,7 @@ class CustomerStage:
             changed.add(key)
             add_sums(self.sums.setdefault(partition, {}), result.delta)
             self.dirty.update((partition, channel) for channel in result.delta)
-        for key in changed:
-            self.table[key] = loaded[key].to_row()  # type: ignore[union-attr]
+        self.table.put_rows({key: loaded[key].to_row() for key in changed})  # type: ignore[union-attr]
 
     def owned(self) -> set[int]:
         return self.w.assigned(self.w.customer_orders.get_topic_name())
@@ -168,9 +167,8 @@ class CustomerStage:
             meta_key = f"{META_PREFIX}{partition}"
             meta = self.table.get(meta_key) or {"r": 0, "s": {}}
             self.retired[partition] = due[partition]
-            self.table[meta_key] = {"r": due[partition], "s": add_sums(meta["s"], sums)}
-        for key in delete:
-            del self.table[key]
+            self.table.put_rows({meta_key: {"r": due[partition], "s": add_sums(meta["s"], sums)}})
+        self.table.put_rows(dict.fromkeys(delete))
         if delete:
             log.info("lifetime value: forgot %d customers after CUSTOMER_RETENTION", len(delete))
 
@@ -298,6 +296,7 @@ def register(w: Wiring) -> None:
         try:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 customers.absorb_batch(await guard(batch))
+                await w.ltv_customers.send_changes()  # before the batch's orders are acknowledged
         finally:
             await guard.close()
 
@@ -317,3 +316,4 @@ def register(w: Wiring) -> None:
     @w.app.timer(SWEEP_INTERVAL_S, name="sweep-ltv-customers")
     async def sweep() -> None:
         customers.sweep()
+        await w.ltv_customers.send_changes()

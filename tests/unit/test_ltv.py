@@ -288,7 +288,7 @@ N = 4
 
 
 class FakeTable(dict):
-    """Just enough of a Faust table: get, set, delete, and `.data`."""
+    """Just enough of a Faust table: get, set, bulk writes (None deletes) and `.data`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -302,9 +302,14 @@ class FakeTable(dict):
         super().__setitem__(key, orjson.loads(orjson.dumps(value)))
         self.log.append((key, orjson.loads(orjson.dumps(value))))
 
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self.log.append((key, None))
+    def put_rows(self, rows: dict[str, Any]) -> None:
+        """`KeyPartitionedTable.put_rows`: set each row, None deletes; the changelog in that order."""
+        for key, row in rows.items():
+            if row is not None:
+                self[key] = row
+            else:
+                self.pop(key, None)
+                self.log.append((key, None))
 
     @classmethod
     def replay(cls, log: list[tuple[str, Any]]) -> FakeTable:
