@@ -450,13 +450,11 @@ def register(w: Wiring) -> None:
 
     @w.app.agent(w.journey_events, name="journeys")
     async def journeys(stream: Any) -> None:
-        try:
+        async with guard:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 stage.absorb_batch(await guard(batch))
                 await w.journeys.send_changes()  # before the batch's events are acknowledged
                 await w.partials.send_changes()
-        finally:
-            await guard.close()
 
     @w.app.timer(DUE_INTERVAL_S, name="attribute-due")
     async def attribute_due() -> None:

@@ -293,12 +293,10 @@ def register(w: Wiring) -> None:
 
     @w.app.agent(w.customer_orders, name="ltv-customers")
     async def ltv_customers(stream: Any) -> None:
-        try:
+        async with guard:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 customers.absorb_batch(await guard(batch))
                 await w.ltv_customers.send_changes()  # before the batch's orders are acknowledged
-        finally:
-            await guard.close()
 
     @w.app.agent(w.ltv_channel_inputs, name="ltv-channels")
     async def ltv_channels(stream: Any) -> None:

@@ -133,12 +133,10 @@ def register(w: Wiring) -> None:
 
     @w.app.agent(w.partials_topic, name="metrics")
     async def metrics(stream: Any) -> None:
-        try:
+        async with guard:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 stage.absorb_batch(await guard(batch))
                 await w.channel_windows.send_changes()  # before the batch's snapshots are acknowledged
-        finally:
-            await guard.close()
 
     @w.app.timer(PUBLISH_INTERVAL_S, name="publish-metrics")
     async def publish() -> None:

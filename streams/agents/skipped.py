@@ -133,7 +133,8 @@ async def with_skipped_records(events: list[Any], tracker: OffsetTracker, reader
 
 class SkippedRecordGuard:
     """What an agent of one topic needs to get every record of its partitions once, in order: call it on
-    each batch (`batch = await guard(batch)`), close it when the agent ends. `group`: the Faust app's."""
+    each batch (`batch = await guard(batch)`) inside `async with guard:`, which closes its consumer when
+    the agent ends. `group`: the Faust app's."""
 
     def __init__(self, app: Any, bootstrap: str, topic: str, group: str) -> None:
         self.app = app
@@ -151,3 +152,9 @@ class SkippedRecordGuard:
 
     async def close(self) -> None:
         await self.reader.close()
+
+    async def __aenter__(self) -> SkippedRecordGuard:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

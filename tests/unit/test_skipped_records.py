@@ -82,6 +82,9 @@ class ListReader:
         self.reads.append((partition, start, end))
         return [event(partition, offset) for offset in range(start, end)]
 
+    async def close(self) -> None:
+        self.closed = True
+
 
 def offsets(events: list[Any]) -> list[tuple[int, int]]:
     return [(e.message.partition, e.message.offset) for e in events]
@@ -121,8 +124,11 @@ async def test_a_guard_starts_at_faust_s_committed_offset_of_its_own_topic_and_f
     app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
     guard = SkippedRecordGuard(app, "127.0.0.1:1", "partials", "attribution")
     reader = guard.reader = ListReader({1: 2})  # type: ignore[assignment]
-    assert offsets(await guard([event(0, 6), event(1, 3), event(0, 6)])) == [(0, 4), (0, 5), (0, 6), (1, 2), (1, 3)]
-    assert reader.reads == [(0, 4, 6), (1, 2, 3)]
-    app.consumer_generation_id = 2  # a rebalance: where the other worker left partition 0 is not a skip
-    consumer._committed_offset[TP("partials", 0)] = 20
-    assert offsets(await guard([event(0, 20)])) == [(0, 20)]
+    async with guard:
+        assert offsets(await guard([event(0, 6), event(1, 3), event(0, 6)])) == [(0, 4), (0, 5), (0, 6), (1, 2),
+                                                                                 (1, 3)]
+        assert reader.reads == [(0, 4, 6), (1, 2, 3)]
+        app.consumer_generation_id = 2  # a rebalance: where the other worker left partition 0 is not a skip
+        consumer._committed_offset[TP("partials", 0)] = 20
+        assert offsets(await guard([event(0, 20)])) == [(0, 20)]
+    assert reader.closed  # the agent's end closes the guard's consumer
