@@ -1,7 +1,8 @@
-"""Small shared Kafka helpers for the commands that are not the Faust worker.
+"""Small shared Kafka helpers: topic names, and for the commands that are not the Faust worker a producer.
 
 The collector, simulator, replay and affiliate loader all produce to the input topics;
-they share one way to build a producer and to make sure topics exist.
+they share one way to build a producer and to make sure topics exist. `json_arrays` packs
+records into fewer messages (the worker's partial snapshots).
 """
 
 from __future__ import annotations
