@@ -52,8 +52,6 @@ FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every 
 # Conversions wait until these are read past their ts: touchpoints (so none is missed) and the other
 # conversions (so a customer's earlier order is judged first, whatever partition it came on).
 WATERMARK_TOPICS = ("impressions", "clicks", "leads", "orders")
-
-
 EVENT_TS = itemgetter(2)  # every normalised event is (kind, event_id, ts, ...)
 
 
@@ -101,8 +99,8 @@ class Intake:
                 key = route_key(item)
                 routed[self.w.partition_of(key)].append([key, list(item)])
             max_ts = max(map(EVENT_TS, valid), default=None)
-            if max_ts is not None and (newest is None or max_ts > newest):
-                newest = max_ts
+            if max_ts is not None:
+                newest = max_ts if newest is None else max(newest, max_ts)
             if record.topic in WATERMARK_TOPICS:
                 read.append((TopicPartition(record.topic, record.partition), record.offset, max_ts))
         for partition, items in routed.items():

@@ -36,6 +36,7 @@ from streams.app import partition_of
 from streams.config import Settings
 from streams.journeys import MAX_SEEN_IDS, MAX_TOUCHES, SEQ_PER_MESSAGE
 from streams.observability import WorkerMetrics
+from tests.fakes import FakeTable
 
 IDS = 5_000
 PARTITIONS = 4
@@ -48,25 +49,6 @@ SETTINGS = Settings.from_env({
 })
 HORIZON_MS = max(SETTINGS.longest_lookback_ms + SETTINGS.allowed_lateness_ms, SETTINGS.dedup_window_ms)
 T0 = (int(time.time() * 1000) - 3_600_000) // 60_000 * 60_000  # an hour ago: event time, not wall clock
-
-
-class FakeTable(dict):
-    """What a Faust table with the memory store is to the stage: a dict, `.data` being itself; the
-    changelog records of `put_rows` go nowhere."""
-
-    @property
-    def data(self) -> FakeTable:
-        return self
-
-    def put_rows(self, rows: dict[str, Any]) -> None:
-        for key, row in rows.items():
-            if row is None:
-                self.pop(key, None)
-            else:
-                self[key] = row
-
-    async def send_changes(self) -> None:
-        """Nothing is sent here."""
 
 
 async def flushed() -> None:

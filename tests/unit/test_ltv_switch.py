@@ -19,6 +19,7 @@ from streams.events import Order
 from streams.journeys import Journey
 from streams.observability import WorkerMetrics
 from streams.store import MemoryStore
+from tests.fakes import FakeTable
 
 T0 = 1_763_800_000_000
 LTV_AGENTS = {"ltv-customers", "ltv-channels"}
@@ -49,13 +50,6 @@ async def test_the_ltv_read_api_says_when_the_stage_is_off(on: bool, status: int
     assert (body == []) if on else ("LTV_STAGE=off" in body["error"])
 
 
-class Rows(dict[str, Any]):
-    """A table's rows with its bulk write (`KeyPartitionedTable.put_rows`)."""
-
-    def put_rows(self, rows: dict[str, Any]) -> None:
-        self.update(rows)
-
-
 @pytest.mark.parametrize("on", [True, False])
 def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_path: Path) -> None:
     sent: dict[str, list[Any]] = {"attributions": [], "customer_orders": []}
@@ -64,7 +58,8 @@ def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_pat
         return SimpleNamespace(send_soon=lambda key, value: sent[name].append(key))
 
     w = SimpleNamespace(
-        settings=settings(on, tmp_path), metrics=WorkerMetrics(CollectorRegistry(), 10), journeys={}, partials=Rows(),
+        settings=settings(on, tmp_path), metrics=WorkerMetrics(CollectorRegistry(), 10), journeys={},
+        partials=FakeTable(),
         attributions=topic("attributions"), customer_orders=topic("customer_orders"),
         affiliates=SimpleNamespace(by_id={}, by_promo_code={}),
     )

@@ -11,6 +11,7 @@ import orjson
 from streams.agents.metrics import MetricsStage
 from streams.config import Settings
 from streams.kafka import json_arrays
+from tests.fakes import FakeTable
 
 W = 60_000
 T0 = 1_763_800_020_000 - 1_763_800_020_000 % W
@@ -31,17 +32,6 @@ def test_json_arrays_send_an_item_over_the_limit_alone_and_nothing_for_no_items(
     assert json_arrays([], max_bytes=100) == []
 
 
-class Table:
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    def put_rows(self, rows: dict[str, Any]) -> None:
-        self.data.update(rows)
-
-
 def message(value: Any) -> Any:
     return SimpleNamespace(message=SimpleNamespace(value=orjson.dumps(value)))
 
@@ -51,7 +41,7 @@ def snapshot(partition: int, channel: str, impressions: float, window: int = T0)
 
 
 def test_the_metrics_stage_reads_arrays_of_snapshots_and_single_snapshots_alike() -> None:
-    w = SimpleNamespace(settings=Settings.from_env({}), channel_windows=Table())
+    w = SimpleNamespace(settings=Settings.from_env({}), channel_windows=FakeTable())
     stage = MetricsStage(w)  # type: ignore[arg-type]
     stage.absorb_batch([
         message([snapshot(0, "google_ads", 3.0), snapshot(1, "google_ads", 4.0), snapshot(0, "email", 1.0)]),
