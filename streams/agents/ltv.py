@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streams.agents.skipped import SkippedRecordGuard
+from streams.agents.skipped import SkippedRecordGuard, SkippedRecordGuards
 from streams.app import APP_ID, Wiring
 from streams.kafka import METRICS_CHANNEL_TOPIC
 from streams.ltv import (
@@ -298,10 +298,13 @@ def register(w: Wiring) -> None:
                 customers.absorb_batch(await guard(batch))
                 await w.ltv_customers.send_changes()  # before the batch's orders are acknowledged
 
+    channel_guard = SkippedRecordGuards(w.app, w.bootstrap, w.ltv_channel_inputs.topics, APP_ID)
+
     @w.app.agent(w.ltv_channel_inputs, name="ltv-channels")
     async def ltv_channels(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            channels.absorb_batch(batch)
+        async with channel_guard:
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                channels.absorb_batch(await channel_guard(batch))
 
     @w.app.timer(SNAPSHOT_INTERVAL_S, name="send-ltv-snapshots")
     async def send_snapshots() -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from streams.app import Wiring
+from streams.agents.skipped import SkippedRecordGuards
+from streams.app import APP_ID, Wiring
 from streams.kafka import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
 from streams.signals import ACTIONS, KeyState, Settling, Thresholds, judge
 
@@ -144,10 +145,13 @@ def register(w: Wiring) -> None:
     w.state["signals"] = stage
     w.signal_keys.recovered_callbacks.append(stage.recovered)
 
+    guard = SkippedRecordGuards(w.app, w.bootstrap, w.signal_inputs.topics, APP_ID)
+
     @w.app.agent(w.signal_inputs, name="signals")
     async def signals(stream: Any) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            stage.absorb_batch(batch)
+        async with guard:
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                stage.absorb_batch(await guard(batch))
 
     @w.app.timer(JUDGE_INTERVAL_S, name="judge-signals")
     async def judge_signals() -> None:

@@ -1,4 +1,4 @@
-"""Records that Faust's consumer skipped, read again directly (journeys, metrics and LTV customers stages).
+"""Records that Faust's consumer skipped, read again directly (every stage that a Faust agent feeds).
 
 After a restart or a rebalance, faust-streaming 0.15's consumer can hand a stream partition's records on
 with some missing (a seek to the committed offsets lands while its fetcher hands out records from before
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import groupby
 from types import SimpleNamespace
 from typing import Any
 
@@ -154,6 +155,30 @@ class SkippedRecordGuard:
         await self.reader.close()
 
     async def __aenter__(self) -> SkippedRecordGuard:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class SkippedRecordGuards:
+    """The guard of an agent that reads several topics (signals, LTV channels): each record goes past its own
+    topic's `SkippedRecordGuard`, in the batch's order. Used as the single-topic guard is."""
+
+    def __init__(self, app: Any, bootstrap: str, topics: Iterable[str], group: str) -> None:
+        self.guards = {topic: SkippedRecordGuard(app, bootstrap, topic, group) for topic in topics}
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for topic, run in groupby(batch, key=lambda event: event.message.topic):
+            out += await self.guards[topic](list(run))
+        return out
+
+    async def close(self) -> None:
+        for guard in self.guards.values():
+            await guard.close()
+
+    async def __aenter__(self) -> SkippedRecordGuards:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,4 +1,4 @@
-"""The check of the offsets Faust hands the journeys, metrics and LTV customers stages
+"""The check of the offsets Faust hands every stage it feeds
 (`streams.agents.skipped`): a range skipped before a record, also at a partition's first record of a
 generation, is read and put in first; a record handed on again is dropped; a partition starts at Faust's
 committed offset, else the broker's, else 0. No broker: the reader is replaced by one that serves from a
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from streams.agents.skipped import OffsetTracker, SkippedRecordGuard, with_skipped_records
+from streams.agents.skipped import OffsetTracker, SkippedRecordGuard, SkippedRecordGuards, with_skipped_records
 
 
 def placed(tracker: OffsetTracker, partition: int, *offsets: int) -> list[tuple[int, int] | None]:
@@ -64,15 +64,16 @@ def test_a_new_generation_starts_every_partition_again() -> None:
     assert placed(tracker, 0, 40, 42) == [(40, 40), (41, 42)]
 
 
-def event(partition: int, offset: int) -> Any:
-    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset))
+def event(partition: int, offset: int, topic: str = "partials") -> Any:
+    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, topic=topic))
 
 
 class ListReader:
     """Serves any range; the broker's committed offsets are `on_broker`."""
 
-    def __init__(self, on_broker: dict[int, int | None]) -> None:
+    def __init__(self, on_broker: dict[int, int | None], topic: str = "partials") -> None:
         self.on_broker = on_broker
+        self.topic = topic
         self.reads: list[tuple[int, int, int]] = []
 
     async def committed(self, partition: int) -> int | None:
@@ -80,7 +81,7 @@ class ListReader:
 
     async def read(self, partition: int, start: int, end: int) -> list[Any]:
         self.reads.append((partition, start, end))
-        return [event(partition, offset) for offset in range(start, end)]
+        return [event(partition, offset, self.topic) for offset in range(start, end)]
 
     async def close(self) -> None:
         self.closed = True
@@ -132,3 +133,29 @@ async def test_a_guard_starts_at_faust_s_committed_offset_of_its_own_topic_and_f
         consumer._committed_offset[TP("partials", 0)] = 20
         assert offsets(await guard([event(0, 20)])) == [(0, 20)]
     assert reader.closed  # the agent's end closes the guard's consumer
+
+
+def topic_offsets(events: list[Any]) -> list[tuple[str, int, int]]:
+    return [(e.message.topic, e.message.partition, e.message.offset) for e in events]
+
+
+@pytest.mark.asyncio
+async def test_an_agent_of_two_topics_follows_each_topic_s_offsets_apart_and_keeps_the_batch_s_order() -> None:
+    """Signals and LTV channels read two topics with the same partition numbers: offset 3 of one topic
+    says nothing of the other's, and a skipped range goes in before the record of its own topic."""
+    committed = {TP("metrics.channel", 0): 3, TP("metrics.campaign", 0): 10}
+    app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset=committed), consumer_generation_id=1)
+    guards = SkippedRecordGuards(app, "127.0.0.1:1", ("metrics.channel", "metrics.campaign"), "attribution")
+    readers = {topic: ListReader({}, topic) for topic in guards.guards}
+    for topic, guard in guards.guards.items():
+        guard.reader = readers[topic]  # type: ignore[assignment]
+    batch = [event(0, 3, "metrics.channel"), event(0, 12, "metrics.campaign"), event(0, 4, "metrics.channel"),
+             event(0, 12, "metrics.campaign"), event(0, 6, "metrics.channel")]
+    async with guards:
+        filled = await guards(batch)
+    assert topic_offsets(filled) == [
+        ("metrics.channel", 0, 3), ("metrics.campaign", 0, 10), ("metrics.campaign", 0, 11),
+        ("metrics.campaign", 0, 12), ("metrics.channel", 0, 4), ("metrics.channel", 0, 5), ("metrics.channel", 0, 6),
+    ]
+    assert readers["metrics.channel"].reads == [(0, 5, 6)] and readers["metrics.campaign"].reads == [(0, 10, 12)]
+    assert all(reader.closed for reader in readers.values())
