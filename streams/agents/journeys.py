@@ -73,6 +73,7 @@ class JourneyStage:
         grace_s = s.attribution_grace_ms / 1000
         self.grace = GraceQueue(grace_s, max(MAX_HOLD_S, 5 * grace_s), self.sources)
         self.dirty_partials: set[str] = set()
+        self.customer_orders: dict[int, list[bytes]] = {}  # partition -> orders for the lifetime-value stage
         self.store_down_since: float | None = None
         m = w.metrics
         self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in OUTCOMES}
@@ -210,9 +211,10 @@ class JourneyStage:
             self.store_unavailable(exc, conversions)
             return
         done = self.apply(conversions, repeats, first_orders)
-        # The partials and attributions must be on Kafka before the journeys forget the conversions: a
-        # crash between the two changelogs would lose them from the metrics (found by the kill -9 test).
+        # The partials, attributions and customer orders must be on Kafka before the journeys forget the
+        # conversions: a crash between the two changelogs would lose them (found by the kill -9 test).
         await self.w.partials.send_changes()
+        await self.send_customer_orders()
         await self.w.app.producer.flush()
         self.forget_pending(done)
         await self.w.journeys.send_changes()
@@ -365,8 +367,10 @@ class JourneyStage:
                 m.count(self.counts, m.leads, channel, campaign, weight)
 
     def send_customer_order(self, partition: int, seq: int, order: Order, message: dict[str, Any]) -> None:
-        """Hand the order to the lifetime-value stage, keyed by customer: customers cross tracking IDs."""
+        """Queue the order for the lifetime-value stage, on the partition of its customer (customers cross
+        tracking IDs); `send_customer_orders` sends the queue."""
         record = {
+            "cid": order.customer_id,
             "p": partition,
             "seq": seq,
             "event_id": order.event_id,
@@ -376,7 +380,18 @@ class JourneyStage:
             "new_customer": message["new_customer"],
             "credits": [[c["channel"], c["weight"]] for c in message["credits"]],
         }
-        self.w.customer_orders.send_soon(key=order.customer_id.encode(), value=orjson.dumps(record))
+        by_partition = self.customer_orders.setdefault(self.w.partition_of(order.customer_id), [])
+        by_partition.append(orjson.dumps(record))
+
+    async def send_customer_orders(self) -> None:
+        """The queued orders as JSON arrays, a message per partition and SNAPSHOT_MESSAGE_BYTES: Faust's
+        per-message cost once per array on both sides, not once per order. A partition leaves the queue
+        once all its orders were handed to the producer: after a failed send they go with the next pass
+        (the stage drops an order it absorbed before)."""
+        for partition in list(self.customer_orders):
+            for value in json_arrays(self.customer_orders[partition], SNAPSHOT_MESSAGE_BYTES):
+                await self.w.customer_orders.send(value=value, partition=partition)
+            del self.customer_orders[partition]
 
     def count_commissions(self, owed: list[dict[str, Any]]) -> None:
         for commission in owed:

@@ -1,6 +1,6 @@
 """Lifetime value: customers by the partition of their id, then per-channel sums, then `metrics.ltv`.
 
-    attribution-customer-orders (by customer_id)  <- the journeys stage, one record per order
+    attribution-customer-orders (on partition_of(customer_id))  <- the journeys stage, arrays of orders
             │ customers: one row per customer (streams.ltv), per-partition sums in memory
             ▼
     attribution-ltv-partials (by channel; ABSOLUTE sums per source partition)
@@ -80,25 +80,33 @@ class CustomerStage:
         loaded: dict[str, Customer | None] = {}
         changed: set[str] = set()
         for event in batch:
+            # On partition_of(customer_id): the worker checks at start that this internal topic has
+            # TOPIC_PARTITIONS partitions, like the table.
             message = event.message
-            order = CustomerOrder.from_record(orjson.loads(message.value))
-            # Keyed by customer_id, so the partition is partition_of(customer_id): the worker checks at
-            # start that this internal topic has TOPIC_PARTITIONS partitions, like the table.
-            partition = message.partition
-            self.watermarks[partition] = max(self.watermarks.get(partition, 0), order.ts)
-            key = customer_key(partition, message.key.decode())
-            if key not in loaded:
-                row = self.table.get(key)
-                loaded[key] = Customer.from_row(row) if row else None
-            result = absorb(loaded[key], order, self.retention_ms, self.retired.get(partition, 0))
-            self.outcomes[result.outcome] += 1
-            if result.customer is None:
+            value = orjson.loads(message.value)
+            if isinstance(value, dict):  # one order, keyed by its customer_id (written before 2026-12-07)
+                self.absorb_order(message.partition, message.key.decode(), value, loaded, changed)
                 continue
-            loaded[key] = result.customer
-            changed.add(key)
-            add_sums(self.sums.setdefault(partition, {}), result.delta)
-            self.dirty.update((partition, channel) for channel in result.delta)
+            for record in value:
+                self.absorb_order(message.partition, record["cid"], record, loaded, changed)
         self.table.put_rows({key: loaded[key].to_row() for key in changed})  # type: ignore[union-attr]
+
+    def absorb_order(self, partition: int, customer_id: str, record: dict[str, Any],
+                     loaded: dict[str, Customer | None], changed: set[str]) -> None:
+        order = CustomerOrder.from_record(record)
+        self.watermarks[partition] = max(self.watermarks.get(partition, 0), order.ts)
+        key = customer_key(partition, customer_id)
+        if key not in loaded:
+            row = self.table.get(key)
+            loaded[key] = Customer.from_row(row) if row else None
+        result = absorb(loaded[key], order, self.retention_ms, self.retired.get(partition, 0))
+        self.outcomes[result.outcome] += 1
+        if result.customer is None:
+            return
+        loaded[key] = result.customer
+        changed.add(key)
+        add_sums(self.sums.setdefault(partition, {}), result.delta)
+        self.dirty.update((partition, channel) for channel in result.delta)
 
     def owned(self) -> set[int]:
         return self.w.assigned(self.w.customer_orders.get_topic_name())

@@ -331,7 +331,7 @@ def wiring(table: FakeTable, retention: int = RETENTION) -> Any:
 
 
 def events(records: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    """As read from `attribution-customer-orders`: keyed by customer_id, so on partition_of(customer_id)."""
+    """As written to `attribution-customer-orders` before 2026-12-07: one order a message, keyed by customer_id."""
     return [SimpleNamespace(message=SimpleNamespace(key=k.encode(), value=orjson.dumps(v), partition=partition_of(k, N),
                                                     offset=i))
             for i, (k, v) in enumerate(records)]
@@ -371,6 +371,29 @@ def test_the_stage_sums_equal_the_figures_of_its_customers_and_survive_a_replay(
     assert expected["google_ads"][REPEAT_ORDERS] == 10
     assert "email" not in expected
     assert stage.outcomes == {"new": 30, "repeat": 30, "duplicate": 60}
+
+
+def arrays(records: list[tuple[str, dict[str, Any]]], per_message: int) -> list[Any]:
+    """As the journeys stage sends orders now: JSON arrays on partition_of(customer_id), no key, `cid` inside."""
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for customer_id, record in records:
+        by_partition.setdefault(partition_of(customer_id, N), []).append({"cid": customer_id, **record})
+    return [SimpleNamespace(message=SimpleNamespace(key=None, value=orjson.dumps(chunk[i:i + per_message]),
+                                                    partition=partition, offset=i))
+            for partition, chunk in by_partition.items() for i in range(0, len(chunk), per_message)]
+
+
+def test_orders_in_arrays_count_as_the_one_order_messages_written_before_them() -> None:
+    """Both forms on the topic after an upgrade: the same customers, rows and sums, each order once."""
+    records = customer_records(30) + customer_records(30, day=1)
+    one_each, in_arrays, mixed = FakeTable(), FakeTable(), FakeTable()
+    CustomerStage(wiring(one_each)).absorb_batch(events(records))
+    CustomerStage(wiring(in_arrays)).absorb_batch(arrays(records, 7))
+    upgraded = CustomerStage(wiring(mixed))
+    upgraded.absorb_batch(events(records[:30]) + arrays(records, 4))
+
+    assert dict(in_arrays) == dict(one_each) == dict(mixed) and len(one_each) == 30
+    assert upgraded.outcomes == {"new": 30, "repeat": 30, "duplicate": 30}
 
 
 def test_after_a_restart_the_sums_are_rebuilt_from_the_table() -> None:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from streams.agents.journeys import JourneyStage
-from streams.app import build
+from streams.app import build, partition_of
 from streams.config import Settings
 from streams.events import Order
 from streams.journeys import Journey
@@ -51,15 +51,18 @@ async def test_the_ltv_read_api_says_when_the_stage_is_off(on: bool, status: int
 
 
 @pytest.mark.parametrize("on", [True, False])
-def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_path: Path) -> None:
+async def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_path: Path) -> None:
     sent: dict[str, list[Any]] = {"attributions": [], "customer_orders": []}
 
     def topic(name: str) -> SimpleNamespace:
-        return SimpleNamespace(send_soon=lambda key, value: sent[name].append(key))
+        async def send(value: bytes, partition: int) -> None:
+            sent[name].append((partition, [record["cid"] for record in orjson.loads(value)]))
+
+        return SimpleNamespace(send_soon=lambda key, value: sent[name].append(key), send=send)
 
     w = SimpleNamespace(
         settings=settings(on, tmp_path), metrics=WorkerMetrics(CollectorRegistry(), 10), journeys={},
-        partials=FakeTable(),
+        partials=FakeTable(), partition_of=lambda key: partition_of(key, 4),
         attributions=topic("attributions"), customer_orders=topic("customer_orders"),
         affiliates=SimpleNamespace(by_id={}, by_promo_code={}),
     )
@@ -70,7 +73,8 @@ def test_the_journeys_stage_sends_customer_orders_only_when_on(on: bool, tmp_pat
     w.journeys["tid-1"] = journey.to_row()
 
     stage.apply([(0, "tid-1", 7, order)], set(), {"e-1": True})
+    await stage.send_customer_orders()
 
     assert sent["attributions"] == [b"e-1"]  # attributed and counted either way
-    assert sent["customer_orders"] == ([b"cust-1"] if on else [])
+    assert sent["customer_orders"] == ([(partition_of("cust-1", 4), ["cust-1"])] if on else [])
     assert w.partials  # the metric partials still take the order

@@ -56,7 +56,7 @@ def test_romi_is_gross_profit_minus_spend_over_spend_with_a_margin() -> None:
     (None, 1.0, 200.0),  # no margin: DEFAULT_MARGIN, 1 unless set
     (None, 0.25, 50.0),  # DEFAULT_MARGIN=0.25
 ])
-def test_gross_profit_is_revenue_times_margin_else_default_margin(
+async def test_gross_profit_is_revenue_times_margin_else_default_margin(
     margin: float | None, default_margin: float, gross_profit: float
 ) -> None:
     """As the journeys stage hands an order to the lifetime-value stage (and to the metric partials)."""
@@ -66,17 +66,22 @@ def test_gross_profit_is_revenue_times_margin_else_default_margin(
 
     settings = Settings.from_env({"DEFAULT_MARGIN": str(default_margin)} if default_margin != 1.0 else {})
     assert settings.default_margin == default_margin
-    topic = SimpleNamespace(sent=[])
-    topic.send_soon = lambda key, value: topic.sent.append((key, orjson.loads(value)))
-    w = SimpleNamespace(settings=settings, metrics=WorkerMetrics(CollectorRegistry(), 10), customer_orders=topic)
+    sent: list[tuple[int, Any]] = []
+
+    async def send(value: bytes, partition: int) -> None:
+        sent.append((partition, orjson.loads(value)))
+
+    w = SimpleNamespace(settings=settings, metrics=WorkerMetrics(CollectorRegistry(), 10),
+                        customer_orders=SimpleNamespace(send=send), partition_of=lambda key: len(key))
     journeys = JourneyStage(w)  # type: ignore[arg-type]
     order = Order("o", "order-1", T0, "tid-1", "order-1", 200.0, margin, None, "cust-1")
 
     message, _ = journeys.attribute(Journey(), order, None, {}, True)
     journeys.send_customer_order(0, 7, order, message)
+    await journeys.send_customer_orders()
 
-    [(key, record)] = topic.sent
-    assert key == b"cust-1" and record["gross_profit"] == gross_profit
+    [(partition, [record])] = sent
+    assert partition == len("cust-1") and record["cid"] == "cust-1" and record["gross_profit"] == gross_profit
     assert record["credits"] == [["(direct)", 1.0]] and record["ts"] == T0
     assert span(50.0, record["gross_profit"], 200.0).romi == pytest.approx((gross_profit - 50.0) / 50.0)
 
