@@ -19,8 +19,8 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
    producing it to the first metrics.channel message whose counts include it, touchpoints and conversions
    apart (conversions wait ATTRIBUTION_GRACE by design), next to the engine's own
    `attribution_event_lag_seconds` histogram over the same span.
-4. scaling: batched data on 8 partitions, one worker, then two workers (fresh broker each), with the CPU
-   each process (broker included) used.
+4. scaling: batched data on 8 partitions, one worker, then two workers, then one worker with WORKER_INTAKE=off
+   fed by one `attribution intake` process (fresh broker each), with the CPU each process (broker included) used.
 5. memory: bytes per tracking ID and per remembered event id, and per remembered customer of the
    lifetime-value stage (bench/memory.py).
 6. ltv-cost: the throughput measure of 1./2. (batched), with the lifetime-value stage and with LTV_STAGE=off, on
@@ -75,6 +75,7 @@ SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory",
 WINDOW_MS = 60_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
+SCALE_RUNS = ((1, 0), (2, 0), (1, 1))  # (workers, intake processes): 0 = each worker reads the inputs itself
 
 
 class BenchError(RuntimeError):
@@ -499,9 +500,10 @@ class Run:
 
     # the engine ---------------------------------------------------------------------------------------
     def workers(self, label: str, bootstrap: str, partitions: int, count: int,
-                extra_env: dict[str, str] | None = None) -> list[WorkerProcess]:
+                extra_env: dict[str, str] | None = None, intakes: int = 0) -> list[WorkerProcess]:
+        """`count` workers, then `intakes` `attribution intake` processes (the workers then WORKER_INTAKE=off)."""
         env = {"TOPIC_PARTITIONS": str(partitions), "LOG_LEVEL": self.args.worker_log_level, "REDIS_URL": "",
-               "STATE_STORE": "memory", **(extra_env or {})}
+               "STATE_STORE": "memory", **({"WORKER_INTAKE": "off"} if intakes else {}), **(extra_env or {})}
         argv = None
         if self.args.worker_fetch_wait_ms is not None:  # an experiment: the engine's constant, patched at start
             argv = [sys.executable, "-c", f"import sys, streams.app as app; app.FETCH_MAX_WAIT_MS = "
@@ -511,19 +513,26 @@ class Run:
                           argv=argv)
             for i in range(count)
         ]
+        workers += [
+            WorkerProcess(env, bootstrap=bootstrap, log_dir=self.tmp / f"{label}-logs", name=f"{label}-i{i + 1}",
+                          args=("intake",))
+            for i in range(intakes)
+        ]
         self.procs.workers.extend(workers)
         return workers
 
     async def engine(
         self, label: str, broker: KafkaBroker, dataset: data.Dataset, partitions: int, count: int = 1,
-        keep: bool = False, profile: Path | None = None, extra_env: dict[str, str] | None = None,
+        keep: bool = False, profile: Path | None = None, extra_env: dict[str, str] | None = None, intakes: int = 0,
     ) -> tuple[dict[str, Any], list[WorkerProcess], MetricsWatcher]:
+        """`intakes` > 0: the workers without their intake, and that many intake processes (counted with the
+        workers: their CPU, their /metrics)."""
         expected = dataset.expected
         watcher = MetricsWatcher(broker.bootstrap)
         await watcher.start(partitions)
-        workers = self.workers(label, broker.bootstrap, partitions, count, extra_env)
-        say(f"engine ({label}): {count} worker(s) on {partitions} partitions, {expected.events:,} events, "
-            f"{dataset.shape} input ...")
+        workers = self.workers(label, broker.bootstrap, partitions, count, extra_env, intakes)
+        say(f"engine ({label}): {count} worker(s) and {intakes or 'their own'} intake process(es) on {partitions} "
+            f"partitions, {expected.events:,} events, {dataset.shape} input ...")
         for worker in workers:
             worker.start()
         launched = time.monotonic()
@@ -592,6 +601,7 @@ class Run:
             "events": expected.events,
             "messages": len(dataset.messages),
             "workers": count,
+            "intakes": intakes,
             "partitions": partitions,
             "startup_s": start - launched,
             "intake_s": stages["intake"] - start if "intake" in stages else None,
@@ -848,10 +858,11 @@ async def run_all(run: Run) -> None:
     if "scale" in wanted:
         dataset = data.build(sizes.scale, run.args.scale_shape, start_ms, span_ms, seed=9, partitions=8)
         results["scale"] = []
-        for count in (1, 2):
-            broker = await run.broker(f"scale{count}", 8)
+        for count, intakes in SCALE_RUNS:
+            broker = await run.broker(f"scale{count}-{intakes}", 8)
             await run.preproduce(broker, dataset)
-            engine, _, _ = await run.engine(f"scale-{count}w", broker, dataset, 8, count=count)
+            engine, _, _ = await run.engine(f"scale-{count}w{intakes}i", broker, dataset, 8, count=count,
+                                            intakes=intakes)
             results["scale"].append(engine | {"shape": dataset.shape})
             run.retire(broker)
 

@@ -260,7 +260,8 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
     wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
 
-    intake.register(wiring, session_timeout_s)
+    if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
+        intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
     metrics.register(wiring)
     if settings.ltv_stage:

@@ -16,6 +16,7 @@ from streams.config import ConfigError, Settings
 # subcommand -> (module, function, help)
 COMMANDS = {
     "worker": ("streams.worker", "run", "run the stream processor until SIGINT/SIGTERM"),
+    "intake": ("streams.standalone_intake", "run", "read the input topics only, for workers with WORKER_INTAKE=off"),
     "collect": ("streams.collector", "run", "run the HTTP collector (pixel and batch API)"),
     "simulate": ("streams.simulator", "run", "produce a synthetic campaign to the input topics"),
     "demo": ("streams.demo", "run", "embedded broker, worker, collector, simulator and a live KPI table"),
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["top"].add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     sub.choices["replay"].add_argument("file", help="JSON-lines file of events")
     sub.choices["worker"].add_argument("--web-port", type=int, help="overrides WEB_PORT")
+    sub.choices["intake"].add_argument("--web-port", type=int, help="overrides WEB_PORT")
     sub.choices["collect"].add_argument("--port", type=int, help="overrides COLLECTOR_PORT")
     affiliates = sub.add_parser("affiliates", help="affiliate and influencer records")
     affiliates_sub = affiliates.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -89,6 +89,7 @@ class Settings:
     worker_name: str = ""
     state_dir: str = ".run/state"
     ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
+    worker_intake: bool = True  # WORKER_INTAKE=off: the worker reads no input topic; `attribution intake` does
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -130,6 +131,7 @@ class Settings:
             worker_name=reader.get("WORKER_NAME", "", str),
             state_dir=reader.get("STATE_DIR", ".run/state", str),
             ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
+            worker_intake=reader.get("WORKER_INTAKE", "on", _on_off),
         )
 
 

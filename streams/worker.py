@@ -33,7 +33,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         try:
-            asyncio.run(_prepare(bootstrap, settings))
+            asyncio.run(prepare_topics(bootstrap, settings))
         except (TimeoutError, PartitionMismatch) as exc:
             print(f"attribution worker: {exc}", file=sys.stderr)
             return 1
@@ -49,8 +49,9 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
             except RuntimeError as exc:  # rocksdict missing, or the directory in use
                 print(f"attribution worker: {exc}", file=sys.stderr)
                 return 1
-        log.warning("worker starting on %s (model %s, web port %d)", bootstrap, settings.attribution_model,
-                    settings.web_port)
+        log.warning("worker starting on %s (model %s, web port %d%s)", bootstrap, settings.attribution_model,
+                    settings.web_port, "" if settings.worker_intake else "; WORKER_INTAKE=off: `attribution intake` "
+                    "processes read the input topics")
         worker = faust.Worker(wiring.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
         _keep_log_levels(settings.log_level)
         worker.execute_from_commandline()
@@ -60,7 +61,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
             embedded.stop()
 
 
-async def _prepare(bootstrap: str, settings: Settings) -> None:
+async def prepare_topics(bootstrap: str, settings: Settings) -> None:
     """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
     from streams.app import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
     from streams.kafka import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker

@@ -17,6 +17,9 @@ carries this intake's touchpoint watermark (see `streams.watermarks`):
 
 `mx` gives every journey partition the stream's event time, so that lateness is judged the
 same way on a partition that has been quiet for a while as on a busy one.
+
+It runs inside each worker, or with WORKER_INTAKE=off in processes of its own (`attribution intake`,
+`streams.standalone_intake`): it needs only the settings, the counters and the partitioner.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 import time
 from collections import defaultdict
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,9 +37,11 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
+from streams.config import Settings
 from streams.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
 from streams.journeys import SEQ_PER_MESSAGE, spend_key
 from streams.kafka import DLQ_TOPIC
+from streams.observability import WorkerMetrics
 from streams.watermarks import NOTHING_READ, TouchProgress
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,16 @@ WATERMARK_TOPICS = ("impressions", "clicks", "leads", "orders")
 EVENT_TS = itemgetter(2)  # every normalised event is (kind, event_id, ts, ...)
 
 
+class IntakeWiring(Protocol):
+    """What the intake uses of a worker's `Wiring` (`attribution intake` builds just this)."""
+
+    settings: Settings
+    metrics: WorkerMetrics
+    bootstrap: str
+
+    def partition_of(self, key: str) -> int: ...
+
+
 def route_key(event: Any) -> str:
     """Journeys are keyed by tracking ID; spend has none and is keyed by its channel's shard."""
     return spend_key(event.channel, event.event_id) if isinstance(event, Spend) else event.tracking_id
@@ -70,7 +85,7 @@ def dlq_record(error: str, topic: str, partition: int, offset: int, index: int |
 class Intake:
     """Validates and routes the records of one read, and reports how far the inputs are read."""
 
-    def __init__(self, w: Wiring, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, w: IntakeWiring, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
         self.w = w
         self.producer = producer
         self.consumer = consumer
@@ -178,7 +193,7 @@ class IntakeReader(Service):
     the read in hand, then commits what was read and acknowledged. A failed send or commit closes both
     clients and reads again from the last committed offsets: the journeys stage drops the repeats."""
 
-    def __init__(self, w: Wiring, session_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, w: IntakeWiring, session_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.w = w
         self.bootstrap = w.bootstrap

@@ -94,11 +94,11 @@ async def test_kafka_recovers_after_a_crash(private_broker: KafkaBroker) -> None
 async def test_the_worker_refuses_metric_topics_partitioned_unlike_its_state(private_broker: KafkaBroker) -> None:
     """Signals and lifetime value keep tables keyed like metrics.channel/metrics.campaign: a count other
     than TOPIC_PARTITIONS would file a key's state under another partition than its messages."""
-    from streams.worker import PartitionMismatch, _prepare
+    from streams.worker import PartitionMismatch, prepare_topics
 
     await create_topics(private_broker.bootstrap, ["metrics.channel"], partitions=2)
     with pytest.raises(PartitionMismatch, match=r"TOPIC_PARTITIONS=4 but metrics.channel has 2 partitions"):
-        await _prepare(private_broker.bootstrap, Settings(topic_partitions=4))
+        await prepare_topics(private_broker.bootstrap, Settings(topic_partitions=4))
 
 
 def test_kafka_sh_status_and_idempotent_start(kafka_broker: KafkaBroker) -> None:

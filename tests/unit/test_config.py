@@ -210,3 +210,17 @@ def test_the_cli_exits_2_on_a_bad_ltv_stage(
     monkeypatch.setenv("LTV_STAGE", "maybe")
     assert cli.main(["top", "--once"]) == 2
     assert "LTV_STAGE='maybe'" in capsys.readouterr().err
+
+
+# --- not in the contract: WORKER_INTAKE (the intake in processes of its own, `attribution intake`) -------
+
+
+@pytest.mark.parametrize(("text", "on"), [("on", True), ("off", False), ("", True)])
+def test_worker_intake_is_on_or_off_and_on_by_default(text: str, on: bool) -> None:
+    assert settings().worker_intake is True
+    assert settings(WORKER_INTAKE=text).worker_intake is on
+
+
+def test_a_bad_worker_intake_raises_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="^WORKER_INTAKE='separate' is not valid: must be on or off"):
+        settings(WORKER_INTAKE="separate")

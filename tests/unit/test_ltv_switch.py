@@ -1,4 +1,5 @@
-"""LTV_STAGE=off (issue #10): no lifetime-value agents or tables, no customer orders, a clear 404 on the read API."""
+"""Switches of the worker build: LTV_STAGE=off (issue #10: no lifetime-value agents or tables, no customer
+orders, a clear 404 on the read API) and WORKER_INTAKE=off (no intake: `attribution intake` reads the inputs)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def test_build_registers_the_ltv_stage_only_when_on(on: bool, tmp_path: Path) ->
     assert {"journeys", "metrics", "signals"} <= set(w.app.agents)
     assert w.state["intake"] in w.app._extra_services  # its own consumer group, started with the app
     assert ("ltv-customers" in w.state) is on
+
+
+def test_a_worker_with_worker_intake_off_has_no_intake_and_all_its_stages(tmp_path: Path) -> None:
+    w = build(dataclasses.replace(settings(True, tmp_path), worker_intake=False), "127.0.0.1:9", MemoryStore())
+    assert "intake" not in w.state and not any(type(s).__name__ == "IntakeReader" for s in w.app._extra_services)
+    assert {"journeys", "metrics", "signals", "ltv-customers", "ltv-channels"} <= set(w.app.agents)
 
 
 @pytest.mark.parametrize(("on", "status"), [(True, 200), (False, 404)])
