@@ -162,7 +162,7 @@ def engine_section(results: dict[str, Any], head: str, args: argparse.Namespace)
         out.append("")
     if results.get("scale"):
         scale = results["scale"]
-        one = scale[0]
+        one = next((e for e in scale if e["workers"] == 1 and not e.get("intakes")), scale[0])
         out += [
             f"### Scaling: 8 partitions, {scale[0]['shape']} input, {one['events']:,} events",
             "",

@@ -75,7 +75,7 @@ SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory",
 WINDOW_MS = 60_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
-SCALE_RUNS = ((1, 0), (2, 0), (1, 1))  # (workers, intake processes): 0 = each worker reads the inputs itself
+DEFAULT_SCALE_RUNS = "1:0,2:0,1:1"  # workers:intake processes, in order (0: each worker reads the inputs itself)
 
 
 class BenchError(RuntimeError):
@@ -359,6 +359,24 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return bounds[-1]
 
 
+async def journeys_owned(workers: list[WorkerProcess], partitions: int, timeout: float) -> None:
+    """Wait until the workers own every journey partition between them (`/api/v1/state`)."""
+    deadline = time.monotonic() + timeout
+
+    def owned(worker: WorkerProcess) -> list[int]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/api/v1/state", timeout=2) as answer:  # noqa: S310
+                return list(orjson.loads(answer.read())["journey_partitions"])
+        except OSError:
+            return []
+
+    while len({p for owns in await asyncio.gather(*(asyncio.to_thread(owned, w) for w in workers)) for p in owns}
+              ) < partitions:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the workers did not own all {partitions} journey partitions within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
 async def scrape_all(workers: list[WorkerProcess]) -> list[str]:
     return list(await asyncio.gather(*(asyncio.to_thread(scrape, w.web_port) for w in workers)))
 
@@ -533,10 +551,14 @@ class Run:
         workers = self.workers(label, broker.bootstrap, partitions, count, extra_env, intakes)
         say(f"engine ({label}): {count} worker(s) and {intakes or 'their own'} intake process(es) on {partitions} "
             f"partitions, {expected.events:,} events, {dataset.shape} input ...")
-        for worker in workers:
-            worker.start()
         launched = time.monotonic()
         timeout = 90.0 + expected.events / 1_000
+        for worker in workers[:count]:
+            worker.start()
+        if intakes:  # as a worker's own intake does: the input is read once the journey partitions are owned
+            await journeys_owned(workers[:count], partitions, timeout)
+            for intake in workers[count:]:
+                intake.start()
         series: list[tuple[float, float]] = []  # (time, events absorbed by the journeys stage)
         stages: dict[str, float] = {}  # start (the intake's first output), intake (all input committed), absorbed
         first_wall = 0.0
@@ -858,8 +880,8 @@ async def run_all(run: Run) -> None:
     if "scale" in wanted:
         dataset = data.build(sizes.scale, run.args.scale_shape, start_ms, span_ms, seed=9, partitions=8)
         results["scale"] = []
-        for count, intakes in SCALE_RUNS:
-            broker = await run.broker(f"scale{count}-{intakes}", 8)
+        for index, (count, intakes) in enumerate(run.args.scale_runs):
+            broker = await run.broker(f"scale{index}-{count}w{intakes}i", 8)  # a data dir of its own
             await run.preproduce(broker, dataset)
             engine, _, _ = await run.engine(f"scale-{count}w{intakes}i", broker, dataset, 8, count=count,
                                             intakes=intakes)
@@ -937,6 +959,17 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def scale_runs(text: str) -> list[tuple[int, int]]:
+    """`1:0,2:0,1:1` -> [(1, 0), (2, 0), (1, 1)]: (workers, intake processes) per scaling run."""
+    try:
+        runs = [(int(workers), int(intakes)) for workers, intakes in (run.split(":") for run in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WORKERS:INTAKES[,...], e.g. 1:0,2:0,1:1") from None
+    if not runs or any(workers < 1 or intakes < 0 for workers, intakes in runs):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one worker per run, no negative counts")
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="End-to-end engine benchmark.")
     parser.add_argument("--quick", action="store_true", help="smaller N and shorter phases (~3 minutes)")
@@ -956,6 +989,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait at least for the last metrics of a lag phase (default 4)")
     parser.add_argument("--drain-max", type=float, default=30.0,
                         help="seconds to wait at most for them; later ones count as not shown (default 30)")
+    parser.add_argument("--scale-runs", type=scale_runs, default=scale_runs(DEFAULT_SCALE_RUNS),
+                        help="scaling runs, in order, as WORKERS:INTAKE_PROCESSES (0: each worker reads the inputs "
+                        "itself); default 1:0,2:0,1:1")
     parser.add_argument("--scale-shape", choices=("single", "batched"), default="batched",
                         help="input shape of the 1-vs-2-worker comparison (default batched)")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-minute load is below this")
@@ -1010,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(failed, (BenchError, KeyboardInterrupt, SystemExit)):
             raise failed
         return 1
-    partial = args.quick or args.only or args.scale != 1.0 or args.worker_fetch_wait_ms is not None
+    partial = (args.quick or args.only or args.scale != 1.0 or args.worker_fetch_wait_ms is not None
+               or args.scale_runs != scale_runs(DEFAULT_SCALE_RUNS))
     if args.no_write or (partial and not args.write):
         if not args.no_write:
             say(f"not writing {RESULTS.relative_to(ROOT)} for a partial or experimental run (--write to force)")
