@@ -159,6 +159,20 @@ def test_more_workers_can_be_added_with_file_sd() -> None:
     assert not list((PROM / "targets").glob("*.json"))
 
 
+def test_intake_processes_are_a_job_of_their_own_in_both_configs_with_file_sd() -> None:
+    """`attribution intake` (workers with WORKER_INTAKE=off): scraped apart, so `up` of the workers counts
+    workers only, and alerted on when down like a worker."""
+    for config in (CONFIG, CONFIG.with_name("prometheus.local.yml")):
+        jobs = {job["job_name"]: job for job in yaml.safe_load(config.read_text())["scrape_configs"]}
+        intake = jobs["attribution-intake"]
+        assert intake.get("metrics_path", "/metrics") == "/metrics"
+        assert [f for sd in intake["file_sd_configs"] for f in sd["files"]] == ["targets/intakes/*.json"]
+    example = json.loads((PROM / "targets" / "intakes" / "example.json.sample").read_text())
+    assert example and all(":" in target for group in example for target in group["targets"])
+    assert not list((PROM / "targets" / "intakes").glob("*.json"))
+    assert "attribution-intake" in (PROM / "alerts.yml").read_text().split("alert: AttributionTargetDown", 1)[1]
+
+
 # ------------------------------------------------------------------------- prometheus.sh
 
 
