@@ -166,6 +166,31 @@ async def test_a_killed_worker_s_partitions_are_taken_over_and_totals_stay_exact
     assert survivor.alive
 
 
+async def test_a_killed_intake_process_s_inputs_are_taken_over_and_totals_stay_exact(
+    broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    """WORKER_INTAKE=off and two `attribution intake` processes: one is killed mid-run; the other reads its
+    input partitions again from the last commit (the journeys drop the repeats) and its watermark
+    reports stop counting once stale, so conversions are neither lost nor held for good."""
+    env = worker_env(redis_url)
+    worker = await started(make_worker(bootstrap=broker.bootstrap, env={**env, "WORKER_INTAKE": "off"},
+                                       name="no-intake"))
+    intakes = [make_worker(bootstrap=broker.bootstrap, env=env, name=f"intake-{i}", args=("intake",)) for i in (1, 2)]
+    for intake in intakes:
+        await asyncio.to_thread(intake.wait_http, "/metrics", 90)
+    scenario = Scenario(seed=3, events=EVENTS)
+    cut = len(scenario.steps) * 2 // 5  # the rest is produced after the kill: the survivor must read it
+    await produce_steps(broker.bootstrap, scenario.steps[:cut], pause=0.05)
+    at_kill = await wait_processed(worker, int(scenario.total_sent * 0.2), timeout=120)  # both intakes reading
+    intakes[1].kill()
+    assert 0 < at_kill < scenario.total_sent, f"not killed mid-run: {at_kill} of {scenario.total_sent} judged"
+    await produce_steps(broker.bootstrap, scenario.steps[cut:], pause=0.05)
+
+    report = {"test": "intake kill -9", "events": scenario.total_sent, "judged_at_kill": at_kill}
+    await assert_exact(broker, scenario, report, worker)
+    assert worker.alive and intakes[0].alive
+
+
 async def test_the_worker_resumes_after_the_broker_stops_and_restarts_mid_run(
     broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
 ) -> None:
