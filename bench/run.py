@@ -560,7 +560,7 @@ class Run:
         timeout = 90.0 + expected.events / 1_000
         for worker in workers[:count]:
             worker.start()
-        if intakes:  # as a worker's own intake does: the input is read once the journey partitions are owned
+        if intakes:  # the clock starts at the intake's first output: not before the worker can absorb it
             await journeys_owned(workers[:count], partitions, timeout)
             for intake in workers[count:]:
                 intake.start()
@@ -1006,7 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-log-level", default="WARNING", help="LOG_LEVEL of the workers (default WARNING)")
     parser.add_argument("--worker-fetch-wait-ms", type=int, default=None,
                         help="experiment: run the workers with streams.app.FETCH_MAX_WAIT_MS set to this")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with every log")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with every log, and each retired "
+                        "broker's data (which slows the later runs: see Run.retire)")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave bench/RESULTS.md alone")
     parser.add_argument("--write", action="store_true",
                         help="write bench/RESULTS.md even for --quick, --only, --scale or experiment runs")
