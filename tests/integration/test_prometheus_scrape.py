@@ -2,7 +2,10 @@
 
 tests/ops checks that the PromQL of deploy/grafana/dashboards and deploy/prometheus parses and
 names metrics the engine defines. This module checks what ops will actually see: an Apache
-Kafka broker, `attribution worker` and `attribution collect`, and Debian's `prometheus` binary
+Kafka broker, `attribution worker`, `attribution intake` (sharing the input partitions with the
+worker's own intake, one consumer group: each counts the invalid events of the partitions it reads, and
+the panels sum over both jobs) and
+`attribution collect`, and Debian's `prometheus` binary
 run with deploy/prometheus/prometheus.local.yml (its jobs, its rule files; only the targets,
 the ports and a 1 s scrape and evaluation interval differ), scraping them while a small
 campaign over four channels goes through the collector's batch API in two waves.
@@ -53,6 +56,7 @@ from tests.ops.promql import PROMETHEUS_DIR, Expression, all_expressions, rule_e
 pytestmark = pytest.mark.integration
 
 LOCAL_CONFIG = PROMETHEUS_DIR / "prometheus.local.yml"
+PROCESS_JOBS = ("attribution-worker", "attribution-collector", "attribution-intake")
 CHANNEL_DASHBOARD = "channel-performance.json"
 PARTITIONS = 2
 WRITE_KEY = "scrape-test-key"
@@ -392,23 +396,26 @@ def stack(
             bootstrap=broker.bootstrap, log_dir=directory, name="scrape-collector", args=("collect",),
             web_port=collector_port,  # so that wait_http asks the collector
         )
-        processes += [worker.start(), collector.start()]
+        intake = WorkerProcess(worker_env, bootstrap=broker.bootstrap, log_dir=directory, name="scrape-intake",
+                               args=("intake",))
+        processes += [worker.start(), collector.start(), intake.start()]
         prometheus = PrometheusServer(prometheus_binary, directory, {
             "attribution-worker": f"127.0.0.1:{worker.web_port}",
             "attribution-collector": f"127.0.0.1:{collector_port}",
+            "attribution-intake": f"127.0.0.1:{intake.web_port}",
         }).start()
         prometheus.wait_ready()
         worker.wait_http("/metrics", timeout=90)
+        intake.wait_http("/metrics", timeout=90)
         collector.wait_http("/healthz", timeout=60)
         prom = prometheus
 
         def targets_down() -> list[str]:
             active = prom.get("/api/v1/targets").get("data", {}).get("activeTargets", [])
             up = {t["labels"]["job"] for t in active if t["health"] == "up"}
-            return [f"target {job} is not up: {active}" for job in ("attribution-worker", "attribution-collector")
-                    if job not in up]
+            return [f"target {job} is not up: {active}" for job in PROCESS_JOBS if job not in up]
 
-        wait_for("Prometheus did not scrape the worker and the collector", targets_down)
+        wait_for("Prometheus did not scrape the worker, the collector and the intake", targets_down)
 
         run = uuid.uuid4().hex[:8]
         expected: dict[str, dict[str, float]] = {}
