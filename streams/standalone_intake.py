@@ -33,7 +33,6 @@ class StandaloneWiring:
 
     settings: Settings
     metrics: WorkerMetrics
-    registry: CollectorRegistry
     bootstrap: str
 
     def partition_of(self, key: str) -> int:
@@ -64,7 +63,7 @@ async def serve(settings: Settings, bootstrap: str) -> None:
 
     await prepare_topics(bootstrap, settings)
     registry = CollectorRegistry()
-    wiring = StandaloneWiring(settings, WorkerMetrics(registry, settings.campaign_label_cap), registry, bootstrap)
+    wiring = StandaloneWiring(settings, WorkerMetrics(registry, settings.campaign_label_cap), bootstrap)
     services = [IntakeReader(wiring, settings.kafka_session_timeout_ms / 1000)]
     if settings.prometheus_pushgateway:
         services.append(Pusher(settings.prometheus_pushgateway, instance_name(settings), registry))
