@@ -55,10 +55,10 @@ end
 
 
 try:
-    from streams.collector import PRODUCER_LINGER_MS
+    from streams.commands.collector import PRODUCER_LINGER_MS
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from streams.collector import PRODUCER_LINGER_MS
+    from streams.commands.collector import PRODUCER_LINGER_MS
 
 
 def free_port() -> int:
@@ -151,7 +151,7 @@ def stop_broker(data_dir: str, port: int) -> None:
 
 def start_collector(bootstrap: str, port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "COLLECTOR_PORT": str(port), "TOPIC_PARTITIONS": "8"}
-    command = [sys.executable, "-m", "streams.cli", "collect"]
+    command = [sys.executable, "-m", "streams.commands.cli", "collect"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

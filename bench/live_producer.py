@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from bench.data import EventSource, live_ticks
-from streams.kafka import make_producer
+from streams.kafka.topics import make_producer
 
 TICK_S = 0.02
 

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import data
 from bench.report import rate
-from streams.kafka import METRICS_LTV_TOPIC
+from streams.kafka.topics import METRICS_LTV_TOPIC
 
 if TYPE_CHECKING:
     from bench.run import Run

@@ -4,7 +4,7 @@
     python -m bench.memory --case customers1 --n 100000 --unit traced   (one case: 1 order per customer)
 
 Runs in its own interpreter. Builds journeys the way the journeys agent does (orjson-decoded
-events -> `streams.events` rows -> `Journey.admit` / `add_touch` -> `to_row()`), and keeps the rows
+events -> `streams.core.events` rows -> `Journey.admit` / `add_touch` -> `to_row()`), and keeps the rows
 in a dict keyed by tracking ID, which is what Faust's in-memory table store holds. Memory is
 measured twice: tracemalloc (bytes Python allocated for the objects) and the RSS delta (what the
 process really grew by, allocator overhead included). Prints one JSON object.
@@ -37,9 +37,9 @@ import orjson
 
 from bench.data import CHANNELS, EventSource
 from streams.config import Settings
-from streams.events import Touch, from_row, validate
-from streams.journeys import Admission, Journey, event_ids, seq_of
-from streams.ltv import CustomerOrder, absorb
+from streams.core.events import Touch, from_row, validate
+from streams.core.journeys import Admission, Journey, event_ids, seq_of
+from streams.core.ltv import CustomerOrder, absorb
 
 EXTRA_IDS = 20
 EXTRA_TOUCHES = 10
@@ -153,8 +153,8 @@ def customer_orders(n: int, orders: int) -> list[tuple[bytes, list[bytes]]]:
 
 def measure_customers(kind: str, n: int, traced: bool) -> dict[str, Any]:
     """Remembered customers as the ltv-customers agent keeps them: bytes each, and their changelog record."""
-    from streams.agents.ltv import customer_key
-    from streams.app import partition_of
+    from streams.stages.app import partition_of
+    from streams.stages.ltv import customer_key
 
     prepared = customer_orders(n, CUSTOMER_CASES[kind])
     retention = SETTINGS.customer_retention_ms

@@ -70,7 +70,7 @@ def stage(thread: str, frames: list[tuple[str, str]]) -> str:
     if thread != "MainThread":
         return f"thread {thread}: Faust's consumer thread (aiokafka fetches)"
     for func, file in frames:
-        if file.startswith("streams/agents/"):
+        if file.startswith("streams/stages/"):
             return f"{file.removeprefix('streams/')}: {func.removeprefix('register.<locals>.')}"
     for func, file in frames:
         for marker, part in FAUST_PARTS:

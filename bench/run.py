@@ -63,10 +63,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import data
 from bench.profile import summarize as summarize_profile
-from streams.agents.intake import INTAKE_GROUP
-from streams.app import JOURNEY_TOPIC
-from streams.embedded import _pdeathsig_hook
-from streams.kafka import METRICS_CHANNEL_TOPIC, make_producer
+from streams.kafka.embedded_broker import _pdeathsig_hook
+from streams.kafka.topics import METRICS_CHANNEL_TOPIC, make_producer
+from streams.stages.app import JOURNEY_TOPIC
+from streams.stages.intake import INTAKE_GROUP
 from tests.integration.services import KafkaBroker, WorkerProcess, create_topics, fetch_kafka, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -529,8 +529,9 @@ class Run:
                "STATE_STORE": "memory", **({"WORKER_INTAKE": "off"} if intakes else {}), **(extra_env or {})}
         argv = None
         if self.args.worker_fetch_wait_ms is not None:  # an experiment: the engine's constant, patched at start
-            argv = [sys.executable, "-c", f"import sys, streams.app as app; app.FETCH_MAX_WAIT_MS = "
-                    f"{self.args.worker_fetch_wait_ms}; from streams.cli import main; sys.exit(main(['worker']))"]
+            argv = [sys.executable, "-c", f"import sys, streams.stages.app as app; app.FETCH_MAX_WAIT_MS = "
+                    f"{self.args.worker_fetch_wait_ms}; from streams.commands.cli import main; "
+                    "sys.exit(main(['worker']))"]
         workers = [
             WorkerProcess(env, bootstrap=bootstrap, log_dir=self.tmp / f"{label}-logs", name=f"{label}-w{i + 1}",
                           argv=argv)
@@ -1005,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every N by this (for trying it out)")
     parser.add_argument("--worker-log-level", default="WARNING", help="LOG_LEVEL of the workers (default WARNING)")
     parser.add_argument("--worker-fetch-wait-ms", type=int, default=None,
-                        help="experiment: run the workers with streams.app.FETCH_MAX_WAIT_MS set to this")
+                        help="experiment: run the workers with streams.stages.app.FETCH_MAX_WAIT_MS set to this")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with every log, and each retired "
                         "broker's data (which slows the later runs: see Run.retire)")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave bench/RESULTS.md alone")

@@ -15,7 +15,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # `tests.integration.services` without installing the tests
     sys.path.insert(0, str(_ROOT))
 
-from streams.embedded import EmbeddedBroker, EmbeddedBrokerError  # noqa: E402
+from streams.kafka.embedded_broker import EmbeddedBroker, EmbeddedBrokerError  # noqa: E402
 from tests.integration.services import (  # noqa: E402
     KafkaBroker,
     RedisServer,
@@ -80,7 +80,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """The embedded Tansu broker (`streams.embedded`), as `attribution demo` runs it."""
+    """The embedded Tansu broker (`streams.kafka.embedded_broker`), as `attribution demo` runs it."""
     broker = EmbeddedBroker(run_dir=tmp_path_factory.mktemp("tansu"))
     try:
         broker.start()

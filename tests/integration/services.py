@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
 
-from streams.embedded import _pdeathsig_hook, broker_answers
+from streams.kafka.embedded_broker import _pdeathsig_hook, broker_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -268,7 +268,7 @@ def _attribution_argv() -> list[str]:
     script = Path(sys.executable).with_name("attribution")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from streams.commands.cli import main; sys.exit(main())"]
 
 
 class WorkerProcess:

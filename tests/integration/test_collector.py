@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.collector import GIF, MAX_BODY_BYTES, TID_COOKIE, build_app, start_producer
+from streams.commands.collector import GIF, MAX_BODY_BYTES, TID_COOKIE, build_app, start_producer
 from streams.config import Settings
-from streams.events import INPUT_TOPICS
+from streams.core.events import INPUT_TOPICS
 from tests.integration.services import Records, consume_all, create_topics, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.demo import DEMO_DEFAULTS, Child, child_env, process_age_s, start_child, stop_child
-from streams.simulator import CHANNELS
+from streams.commands.demo import DEMO_DEFAULTS, Child, child_env, process_age_s, start_child, stop_child
+from streams.commands.simulator import CHANNELS
 from tests.integration.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_demo_shows_kpis_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
     with open(out_path, "wb") as out:
         demo = subprocess.Popen(  # noqa: S603 - our own command
-            [sys.executable, "-m", "streams.cli", "demo"], cwd=tmp_path, env=env, stdout=out,
+            [sys.executable, "-m", "streams.commands.cli", "demo"], cwd=tmp_path, env=env, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     family: set[int] = set()

@@ -12,7 +12,7 @@ input must be accounted for exactly once:
 and the `invalid` counter per type must equal the DLQ records per topic, each record pointing at the
 input (topic, partition, offset, batch index) it came from and carrying its raw value.
 
-The collector's batch API and pixel get the same treatment in process (`streams.collector.build_app`
+The collector's batch API and pixel get the same treatment in process (`streams.commands.collector.build_app`
 with aiohttp's test server and a producer that records what it is given): never a 5xx, every rejection
 says why, and what is accepted is exactly what is produced, each event valid.
 
@@ -339,9 +339,9 @@ def pixel_requests(draw: st.DrawFn) -> dict[str, str]:
 async def test_the_collector_never_answers_5xx_and_every_rejection_says_why() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from streams.collector import build_app, parse_batch
+    from streams.commands.collector import build_app, parse_batch
     from streams.config import Settings
-    from streams.events import validate
+    from streams.core.events import validate
 
     settings = Settings(collector_keys=(WRITE_KEY,), fx_rates={"USD": 1.0, "EUR": 1.1})
     producer = RecordingProducer()

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.agents.intake import INTAKE_GROUP, LEGACY_GROUP
+from streams.stages.intake import INTAKE_GROUP, LEGACY_GROUP
 from tests.integration.services import KafkaBroker, WorkerProcess, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -31,11 +31,11 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streams.agents.journeys import JourneyStage
-from streams.app import partition_of
 from streams.config import Settings
-from streams.journeys import MAX_SEEN_IDS, MAX_TOUCHES, SEQ_PER_MESSAGE
-from streams.observability import WorkerMetrics
+from streams.core.journeys import MAX_SEEN_IDS, MAX_TOUCHES, SEQ_PER_MESSAGE
+from streams.serving.prometheus import WorkerMetrics
+from streams.stages.app import partition_of
+from streams.stages.journeys import JourneyStage
 from tests.fakes import FakeTable
 
 IDS = 5_000

@@ -20,12 +20,12 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.affiliates import Affiliate, parse_affiliate
+from streams.commands.simulator import AFFILIATE_RECORDS
 from streams.config import Settings
-from streams.events import INPUT_TOPICS, TOPIC_TYPES, validate
-from streams.kafka import AFFILIATES_TOPIC, METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, ensure_topics
-from streams.kpis import Figures, metrics_message
-from streams.simulator import AFFILIATE_RECORDS
+from streams.core.affiliates import Affiliate, parse_affiliate
+from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, validate
+from streams.core.kpis import Figures, metrics_message
+from streams.kafka.topics import AFFILIATES_TOPIC, METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, ensure_topics
 from tests.integration.services import consume_all, produce
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ SAMPLE = ROOT / "deploy" / "affiliates.sample.json"
 def attribution(*args: str, bootstrap: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "PYTHONPATH": str(ROOT)}
     return subprocess.run(  # noqa: S603 - our own command
-        [sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "streams.commands.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
 

@@ -46,10 +46,10 @@ import orjson
 import pytest
 import yaml
 
-from streams.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
-from streams.embedded import _pdeathsig_hook
-from streams.kafka import AFFILIATES_TOPIC, PUBLIC_TOPICS, ensure_topics, partition_counts
-from streams.simulator import AFFILIATE_RECORDS
+from streams.commands.simulator import AFFILIATE_RECORDS
+from streams.kafka.embedded_broker import _pdeathsig_hook
+from streams.kafka.topics import AFFILIATES_TOPIC, PUBLIC_TOPICS, ensure_topics, partition_counts
+from streams.stages.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
 from tests.integration.services import KafkaBroker, WorkerProcess, free_port, produce
 from tests.ops.promql import PROMETHEUS_DIR, Expression, all_expressions, rule_expressions
 

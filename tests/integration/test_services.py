@@ -14,7 +14,13 @@ import pytest
 import redis
 
 from streams.config import Settings
-from streams.embedded import BOOTSTRAP_FILE, EmbeddedBroker, EmbeddedBrokerError, broker_answers, resolve_bootstrap
+from streams.kafka.embedded_broker import (
+    BOOTSTRAP_FILE,
+    EmbeddedBroker,
+    EmbeddedBrokerError,
+    broker_answers,
+    resolve_bootstrap,
+)
 from tests.integration.services import (
     KAFKA_SH,
     KafkaBroker,
@@ -94,7 +100,7 @@ async def test_kafka_recovers_after_a_crash(private_broker: KafkaBroker) -> None
 async def test_the_worker_refuses_metric_topics_partitioned_unlike_its_state(private_broker: KafkaBroker) -> None:
     """Signals and lifetime value keep tables keyed like metrics.channel/metrics.campaign: a count other
     than TOPIC_PARTITIONS would file a key's state under another partition than its messages."""
-    from streams.worker import PartitionMismatch, prepare_topics
+    from streams.stages.worker import PartitionMismatch, prepare_topics
 
     await create_topics(private_broker.bootstrap, ["metrics.channel"], partitions=2)
     with pytest.raises(PartitionMismatch, match=r"TOPIC_PARTITIONS=4 but metrics.channel has 2 partitions"):
@@ -157,7 +163,7 @@ async def test_embedded_broker_starts_serves_and_stops_leaving_no_process(tmp_pa
 def test_embedded_broker_dies_with_its_parent(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
-        "from streams.embedded import EmbeddedBroker\n"
+        "from streams.kafka.embedded_broker import EmbeddedBroker\n"
         f"b = EmbeddedBroker(run_dir={str(tmp_path)!r}); b.start()\n"
         "print(b.pid, b.bootstrap, flush=True); time.sleep(120)\n"
     )

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.agents.skipped import SkippedRecordReader
+from streams.kafka.skipped_records import SkippedRecordReader
 from tests.integration.services import create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from streams.store import RedisStore
+from streams.serving.store import RedisStore
 
 pytestmark = pytest.mark.integration
 

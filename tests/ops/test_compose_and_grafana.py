@@ -1,7 +1,7 @@
 """docker-compose.yml, the Dockerfile and the Grafana provisioning agree with the engine.
 
 No Docker and no Grafana here: these read the files and hold them to the engine's own
-settings (streams.config), commands (streams.cli) and metric names.
+settings (streams.config), commands (streams.commands.cli) and metric names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from streams.cli import COMMANDS, build_parser
+from streams.commands.cli import COMMANDS, build_parser
 from streams.config import Settings
 from tests.ops import promql
 

@@ -1,4 +1,4 @@
-"""Affiliate and influencer records (CONTRACT.md section 3): schemas/affiliate.json and streams/affiliates.py."""
+"""Affiliate and influencer records (CONTRACT.md section 3): schemas/affiliate.json and streams/core/affiliates.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.affiliates import Affiliate, load, parse_affiliate, parse_affiliates, read_records, to_record
 from streams.config import Settings
+from streams.core.affiliates import Affiliate, load, parse_affiliate, parse_affiliates, read_records, to_record
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "affiliates.sample.json"
 ANNA = {"affiliate_id": "anna_fit", "channel": "influencer", "promo_codes": ["ANNA10"],

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.attribution import (
+from streams.config import MODELS, Model
+from streams.core.attribution import (
     DIRECT,
     NONE_CAMPAIGN,
     Affiliate,
@@ -22,7 +23,6 @@ from streams.attribution import (
     journey_for,
     weights,
 )
-from streams.config import MODELS, Model
 
 SECOND, HOUR, DAY = 1_000, 3_600_000, 86_400_000
 CONVERSION = 100 * DAY

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from streams.observability import LAG_BUCKETS, BatchCounts, BatchHistogram, WorkerMetrics
+from streams.serving.prometheus import LAG_BUCKETS, BatchCounts, BatchHistogram, WorkerMetrics
 
 # Values on, below, between and above the bucket bounds, and zero.
 VALUES = [0.0, 0.01, 0.0100001, 0.3, 1.0, 1.5, 2.49, 86400.0, 90000.0, 0.004, 5.0, 5.0]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from streams.app import Wiring, build
 from streams.config import Settings
-from streams.store import open_store
+from streams.serving.store import open_store
+from streams.stages.app import Wiring, build
 
 KEYS = ["bv123", "12345-abc", "ünïcode visitor", "\x00spend/google_ads/7", '"quoted"']
 ROW = [[[1763800000000, "c", "google_ads", "brand", None, "c1"]], [123], [[1024, 1763800000000]], [], 1763800000000]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.collector import (
+from streams.commands.collector import (
     GIF,
     MAX_BODY_BYTES,
     TYPE_TOPICS,
@@ -25,7 +25,7 @@ from streams.collector import (
     route_event,
 )
 from streams.config import Settings
-from streams.events import Lead, Touch, validate
+from streams.core.events import Lead, Touch, validate
 
 SETTINGS = Settings.from_env({})
 NOW = 1_763_800_000_000

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from streams import cli
+from streams.commands import cli
 from streams.config import MODELS, ConfigError, Settings, parse_duration_ms, parse_fx_rates
 
 DAY = 86_400_000

@@ -6,9 +6,9 @@ checks them end to end):
   (their rows were lost with the crash): the partials' conversion mark (`Partial.conversion_seq`)
   skips any conversion whose sequence is not above it, so one released out of order would be lost;
 - Faust's producer flush, which runs before every offset commit, returns only when every table change
-  written before it has been handed to the Kafka client (streams/faust_patches.py);
+  written before it has been handed to the Kafka client (streams/kafka/faust_patches.py);
 - after a rebalance, a stream partition with no committed offset is read from its beginning again
-  (streams/faust_patches.py).
+  (streams/kafka/faust_patches.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from streams.faust_patches import drain_producer_buffer_on_flush
-from streams.journeys import SEQ_PER_MESSAGE, GraceQueue, seq_of
-from streams.watermarks import CAUGHT_UP, SourceWatermarks
+from streams.core.journeys import SEQ_PER_MESSAGE, GraceQueue, seq_of
+from streams.core.watermarks import CAUGHT_UP, SourceWatermarks
+from streams.kafka.faust_patches import drain_producer_buffer_on_flush
 
 T = 1_763_800_000_000
 P = 0
@@ -117,11 +117,11 @@ async def test_the_producer_flush_returns_only_when_every_buffered_message_is_ha
 async def test_after_a_rebalance_a_partition_never_committed_is_read_from_its_beginning() -> None:
     """Faust seeks stream partitions back to their committed offsets after a rebalance, to undo what its
     fetcher read and dropped meanwhile; a partition with no committed offset was left where the fetcher
-    had got to, so the events before that were never processed (streams/faust_patches.py)."""
+    had got to, so the events before that were never processed (streams/kafka/faust_patches.py)."""
     from aiokafka import TopicPartition
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from streams.faust_patches import seek_uncommitted_partitions_to_beginning
+    from streams.kafka.faust_patches import seek_uncommitted_partitions_to_beginning
 
     seek_uncommitted_partitions_to_beginning()
     journeys0, journeys1 = (TopicPartition("attribution-journey-events", p) for p in (0, 1))

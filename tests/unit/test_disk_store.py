@@ -1,4 +1,4 @@
-"""STATE_STORE=rocksdb (`streams.disk_store`): rows written with no Faust event in hand (bulk writes,
+"""STATE_STORE=rocksdb (`streams.kafka.rocksdb_store`): rows written with no Faust event in hand (bulk writes,
 timers) go to the database of their key's partition, and every start begins from empty files. No broker:
 the tables are only built and written here."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
-from streams.app import Wiring, build
 from streams.config import Settings
-from streams.disk_store import LOCK_FILE, KeyPartitionedRocksDBStore, StateDirInUse, claim_empty_state_dir
-from streams.store import MemoryStore
+from streams.kafka.rocksdb_store import LOCK_FILE, KeyPartitionedRocksDBStore, StateDirInUse, claim_empty_state_dir
+from streams.serving.store import MemoryStore
+from streams.stages.app import Wiring, build
 
 PARTITIONS = 4
 ROW = [[[1763800000000, "c", "google_ads", "brand", None, "c1"]], [123], [[1024, 1763800000000]], [], 1763800000000]

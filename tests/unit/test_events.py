@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import Settings
-from streams.events import (
+from streams.core.events import (
     INPUT_TOPICS,
     TOPIC_TYPES,
     Lead,

@@ -1,4 +1,4 @@
-"""The grace before attribution (streams/journeys.py GraceQueue): a conversion waits for its touchpoints.
+"""The grace before attribution (streams/core/journeys.py GraceQueue): a conversion waits for its touchpoints.
 
 Time is injected: `now` is a plain number of seconds, the touchpoint streams' progress is what the
 intakes report to `SourceWatermarks`.
@@ -6,8 +6,8 @@ intakes report to `SourceWatermarks`.
 
 from __future__ import annotations
 
-from streams.journeys import GraceQueue
-from streams.watermarks import CAUGHT_UP, SourceWatermarks
+from streams.core.journeys import GraceQueue
+from streams.core.watermarks import CAUGHT_UP, SourceWatermarks
 
 GRACE, MAX_HOLD, STALE = 2.0, 15.0, 30.0
 T = 1763800000000  # event time of the conversions

@@ -1,4 +1,4 @@
-"""Per-tracking-ID journey state (streams/journeys.py): dedup, replay, pending conversions, pruning, expiry."""
+"""Per-tracking-ID journey state (streams/core/journeys.py): dedup, replay, pending conversions, pruning, expiry."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.attribution import Touchpoint
-from streams.events import Lead, Order, Touch
-from streams.journeys import (
+from streams.core.attribution import Touchpoint
+from streams.core.events import Lead, Order, Touch
+from streams.core.journeys import (
     MAX_SEEN_IDS,
     MAX_TOUCHES,
     SEQ_PER_MESSAGE,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import kpis
-from streams.kpis import KPIS, ZERO, Figures, metrics_message
+from streams.core import kpis
+from streams.core.kpis import KPIS, ZERO, Figures, metrics_message
 
 # Fractional credits: a third of a lead, two thirds of an order, and so on.
 F = Figures(impressions=1200, clicks=30, leads=2.5, orders=4 / 3, new_customers=2 / 3, revenue=160.0, spend=48.0,

@@ -1,6 +1,6 @@
 """Lifetime value by acquisition channel (CONTRACT.md section 7), one test per rule.
 
-The pure core (`streams.ltv`) and the customer stage's bookkeeping (`streams.agents.ltv`) with
+The pure core (`streams.core.ltv`) and the customer stage's bookkeeping (`streams.stages.ltv`) with
 an in-memory table: absorbing, sweeping, and rebuilding after a restart.
 """
 
@@ -16,11 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.agents.ltv import META_PREFIX, ChannelStage, CustomerStage, customer_key, key_partition
-from streams.app import partition_of
-from streams.attribution import Touchpoint, credits
 from streams.config import MODELS, Settings
-from streams.ltv import (
+from streams.core.attribution import Touchpoint, credits
+from streams.core.ltv import (
     CUSTOMERS,
     FIGURES,
     GROSS_PROFIT,
@@ -37,6 +35,8 @@ from streams.ltv import (
     customer_bytes,
     ltv_message,
 )
+from streams.stages.app import partition_of
+from streams.stages.ltv import META_PREFIX, ChannelStage, CustomerStage, customer_key, key_partition
 
 DAY = 86_400_000
 RETENTION = 400 * DAY

@@ -13,13 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from streams.agents.journeys import JourneyStage
-from streams.app import build, partition_of
 from streams.config import Settings
-from streams.events import Order
-from streams.journeys import Journey
-from streams.observability import WorkerMetrics
-from streams.store import MemoryStore
+from streams.core.events import Order
+from streams.core.journeys import Journey
+from streams.serving.prometheus import WorkerMetrics
+from streams.serving.store import MemoryStore
+from streams.stages.app import build, partition_of
+from streams.stages.journeys import JourneyStage
 from tests.fakes import FakeTable
 
 T0 = 1_763_800_000_000

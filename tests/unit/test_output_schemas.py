@@ -5,9 +5,9 @@ from __future__ import annotations
 import fastjsonschema
 import pytest
 
-from streams.events import load_schema
-from streams.ltv import ltv_message
-from streams.signals import KeyState, Thresholds, judge
+from streams.core.events import load_schema
+from streams.core.ltv import ltv_message
+from streams.core.signals import KeyState, Thresholds, judge
 
 THRESHOLDS = Thresholds(window_ms=3_600_000, min_spend=50.0, romi_floor=0.0, romi_scale=1.0)
 

@@ -1,4 +1,4 @@
-"""`attribution replay`: the pure grouping of JSON lines into per-topic batches (streams/replay.py)."""
+"""`attribution replay`: the pure grouping of JSON lines into per-topic batches (streams/commands/replay.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.replay import BATCH, Grouper, group_lines, summary
+from streams.commands.replay import BATCH, Grouper, group_lines, summary
 
 
 def line(kind: str, n: int, **extra: object) -> bytes:

@@ -9,9 +9,9 @@ import fastjsonschema
 import orjson
 import pytest
 
-from streams.agents.intake import dlq_record
-from streams.events import SCHEMA_DIR, TOPIC_TYPES, load_schema
-from streams.kpis import Figures, metrics_message
+from streams.core.events import SCHEMA_DIR, TOPIC_TYPES, load_schema
+from streams.core.kpis import Figures, metrics_message
+from streams.stages.intake import dlq_record
 
 SCHEMA_FILES = sorted(path.stem for path in SCHEMA_DIR.glob("*.json"))
 INPUT_KINDS = tuple(TOPIC_TYPES.values())

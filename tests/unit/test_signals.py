@@ -9,12 +9,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streams.agents.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
+from streams.commands.top import Board
 from streams.config import Settings
-from streams.kpis import Figures, metrics_message, romi
-from streams.observability import WorkerMetrics
-from streams.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
-from streams.top import Board
+from streams.core.kpis import Figures, metrics_message, romi
+from streams.core.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
+from streams.serving.prometheus import WorkerMetrics
+from streams.stages.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
 
 H = 3_600_000
 W = 60_000
@@ -60,9 +60,9 @@ async def test_gross_profit_is_revenue_times_margin_else_default_margin(
     margin: float | None, default_margin: float, gross_profit: float
 ) -> None:
     """As the journeys stage hands an order to the lifetime-value stage (and to the metric partials)."""
-    from streams.agents.journeys import JourneyStage
-    from streams.events import Order
-    from streams.journeys import Journey
+    from streams.core.events import Order
+    from streams.core.journeys import Journey
+    from streams.stages.journeys import JourneyStage
 
     settings = Settings.from_env({"DEFAULT_MARGIN": str(default_margin)} if default_margin != 1.0 else {})
     assert settings.default_margin == default_margin

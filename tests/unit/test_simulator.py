@@ -1,4 +1,4 @@
-"""The simulator's pure generation: seeded, contract-shaped and realistic (streams/simulator.py)."""
+"""The simulator's pure generation: seeded, contract-shaped and realistic (streams/commands/simulator.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.affiliates import parse_affiliate
-from streams.config import Settings
-from streams.events import INPUT_TOPICS, validate
-from streams.simulator import (
+from streams.commands.simulator import (
     AFFILIATE_RECORDS,
     AFFILIATE_WEIGHTS,
     BATCH,
@@ -25,6 +22,9 @@ from streams.simulator import (
     batches,
     parse_duration_s,
 )
+from streams.config import Settings
+from streams.core.affiliates import parse_affiliate
+from streams.core.events import INPUT_TOPICS, validate
 
 START = 1_763_800_000_000
 TICK_MS = 50

@@ -1,5 +1,5 @@
 """The check of the offsets Faust hands every stage it feeds
-(`streams.agents.skipped`): a range skipped before a record, also at a partition's first record of a
+(`streams.kafka.skipped_records`): a range skipped before a record, also at a partition's first record of a
 generation, is read and put in first; a record handed on again is dropped; a partition starts at Faust's
 committed offset, else the broker's, else 0. No broker: the reader is replaced by one that serves from a
 list."""
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from streams.agents.skipped import OffsetTracker, SkippedRecordGuard, SkippedRecordGuards, with_skipped_records
+from streams.kafka.skipped_records import OffsetTracker, SkippedRecordGuard, SkippedRecordGuards, with_skipped_records
 
 
 def placed(tracker: OffsetTracker, partition: int, *offsets: int) -> list[tuple[int, int] | None]:

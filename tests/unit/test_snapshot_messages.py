@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from streams.agents.metrics import MetricsStage
 from streams.config import Settings
-from streams.kafka import json_arrays
+from streams.kafka.topics import json_arrays
+from streams.stages.metrics import MetricsStage
 from tests.fakes import FakeTable
 
 W = 60_000

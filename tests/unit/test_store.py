@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.store import MemoryStore
+from streams.serving.store import MemoryStore
 
 
 class Clock:

@@ -7,8 +7,8 @@ import re
 
 from rich.console import Console
 
-from streams.kpis import Figures, metrics_message
-from streams.top import Board, View, WindowView, choose_columns, render, render_text, total_row
+from streams.commands.top import Board, View, WindowView, choose_columns, render, render_text, total_row
+from streams.core.kpis import Figures, metrics_message
 
 W = 10_000
 T0 = 1_763_800_000_000

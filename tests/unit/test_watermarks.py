@@ -1,8 +1,8 @@
-"""How far the touchpoint streams have been read (streams/watermarks.py)."""
+"""How far the touchpoint streams have been read (streams/core/watermarks.py)."""
 
 from __future__ import annotations
 
-from streams.watermarks import CAUGHT_UP, NOTHING_READ, SourceWatermarks, TouchProgress
+from streams.core.watermarks import CAUGHT_UP, NOTHING_READ, SourceWatermarks, TouchProgress
 
 IMP0, IMP1, CLK0 = ("impressions", 0), ("impressions", 1), ("clicks", 0)
 

@@ -1,4 +1,4 @@
-"""Event-time windows and the two-stage sums behind the metric topics (streams/windows.py)."""
+"""Event-time windows and the two-stage sums behind the metric topics (streams/core/windows.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kpis import Figures
-from streams.windows import (
+from streams.core.kpis import Figures
+from streams.core.windows import (
     CLICKS,
     FIGURE_COUNT,
     GROSS_PROFIT,

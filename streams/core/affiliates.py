@@ -25,10 +25,10 @@ import fastjsonschema
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.attribution import Affiliate
 from streams.config import Settings
-from streams.events import SCHEMA_DIR, schema_error, short_repr
-from streams.kafka import AFFILIATES_TOPIC, ensure_topics, make_producer, wait_for_broker
+from streams.core.attribution import Affiliate
+from streams.core.events import SCHEMA_DIR, schema_error, short_repr
+from streams.kafka.topics import AFFILIATES_TOPIC, ensure_topics, make_producer, wait_for_broker
 
 __all__ = ["Affiliate", "load", "parse_affiliate", "parse_affiliates", "publish", "read_records", "to_record"]
 
@@ -150,7 +150,7 @@ def load(settings: Settings, args: argparse.Namespace) -> int:
         print(f"attribution affiliates load: {args.file}: {error}", file=sys.stderr)
     published = 0
     if affiliates:
-        from streams.embedded import resolve_for_producer
+        from streams.kafka.embedded_broker import resolve_for_producer
 
         bootstrap, owned = resolve_for_producer(settings, "affiliates load")
         try:

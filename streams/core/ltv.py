@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from streams.kpis import ratio
+from streams.core.kpis import ratio
 
 FIGURES = ("customers", "orders", "repeat_orders", "revenue", "gross_profit")
 CUSTOMERS, ORDERS, REPEAT_ORDERS, REVENUE, GROSS_PROFIT = range(len(FIGURES))

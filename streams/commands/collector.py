@@ -12,7 +12,7 @@
   for their acks.
 - `GET /healthz` (broker reachable) and `GET /metrics` (Prometheus).
 
-Every event is checked with `streams.events.validate` (the worker's own validator) and produced
+Every event is checked with `streams.core.events.validate` (the worker's own validator) and produced
 as its original JSON object, keyed by tracking ID (spend: by channel), by one producer for the
 whole process (acks=all; idempotent where the broker allows it).
 
@@ -46,8 +46,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.config import Settings
-from streams.events import TOPIC_TYPES, validate
-from streams.kafka import ensure_topics, make_producer
+from streams.core.events import TOPIC_TYPES, validate
+from streams.kafka.topics import ensure_topics, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def pixel_event(params: Mapping[str, str], tracking_id: str, now_ms: int, event_
     """Pixel parameters -> the contract event object (CONTRACT.md section 2), or why it is refused.
 
     `tracking_id` is already resolved (parameter `tid`, cookie or new); `eid` and `ts` in the
-    parameters win over `event_id` and `now_ms`. The result still needs `streams.events.validate`.
+    parameters win over `event_id` and `now_ms`. The result still needs `streams.core.events.validate`.
     """
     kind = (params.get("e") or "").strip()
     if kind in MONEY_TYPES:
@@ -539,7 +539,7 @@ async def start_producer(bootstrap: str, linger_ms: int = PRODUCER_LINGER_MS) ->
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     """`attribution collect`: serve until SIGINT/SIGTERM; the exit status."""
     _configure_logging(settings)
-    from streams.embedded import EmbeddedBrokerError, resolve_bootstrap
+    from streams.kafka.embedded_broker import EmbeddedBrokerError, resolve_bootstrap
 
     try:
         bootstrap, broker = resolve_bootstrap(settings)

@@ -21,9 +21,9 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any
 
-from streams.attribution import Touchpoint
-from streams.events import Lead, Order, Touch
-from streams.watermarks import SourceWatermarks
+from streams.core.attribution import Touchpoint
+from streams.core.events import Lead, Order, Touch
+from streams.core.watermarks import SourceWatermarks
 
 SEQ_PER_MESSAGE = 1024  # at most this many events in one internal message
 SPEND_KEY_PREFIX = "\x00spend/"
@@ -177,7 +177,7 @@ class GraceQueue:
 
     A conversion with event time T is ready when it has waited the grace (wall clock) and
     every intake that counts reports its touchpoint partitions read past T, in a report that
-    arrived after the conversion did (see streams.watermarks: a report made earlier, the last one of
+    arrived after the conversion did (see streams.core.watermarks: a report made earlier, the last one of
     a killed worker say, may predate touchpoints that a backfill produced just before the conversion).
     No conversion waits longer than `max_hold_s`, whatever the reports say: a source that is
     stuck or far behind must not hold attribution back forever. Within a partition conversions

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.events import INPUT_TOPICS
+from streams.core.events import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
 

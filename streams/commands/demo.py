@@ -1,6 +1,6 @@
 """`attribution demo`: the whole engine on one machine with one command, for a newcomer.
 
-1. A broker: the embedded one (`streams.embedded.resolve_bootstrap`), or the cluster named by
+1. A broker: the embedded one (`streams.kafka.embedded_broker.resolve_bootstrap`), or the cluster named by
    `KAFKA_BOOTSTRAP` when it is set.
 2. As child processes, each in its own process group and logging to `.run/demo/<name>.log`:
    `attribution worker`, `attribution collect` and `attribution simulate --duration 0`, all
@@ -114,7 +114,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 def _preexec() -> Callable[[], None] | None:
     """Ask Linux to SIGTERM a child when the demo dies without cleaning up (even by SIGKILL)."""
     try:
-        from streams.embedded import _pdeathsig_hook
+        from streams.kafka.embedded_broker import _pdeathsig_hook
     except ImportError:
         return None
     return _pdeathsig_hook()
@@ -160,7 +160,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log or a pipe: room for every column
         console = Console(width=max(console.width, 200))
-    from streams.embedded import EmbeddedBrokerError, resolve_bootstrap
+    from streams.kafka.embedded_broker import EmbeddedBrokerError, resolve_bootstrap
 
     try:
         bootstrap, owned = resolve_bootstrap(settings)
@@ -184,8 +184,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 async def _demo(
     settings: Settings, args: argparse.Namespace, bootstrap: str, broker_line: str, console: Console, started: float
 ) -> int:
-    from streams.kafka import ensure_topics, wait_for_broker
-    from streams.top import watch
+    from streams.commands.top import watch
+    from streams.kafka.topics import ensure_topics, wait_for_broker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -194,7 +194,7 @@ async def _demo(
     await wait_for_broker(bootstrap)
     await ensure_topics(bootstrap, settings.topic_partitions)
     env = child_env(os.environ, bootstrap)
-    python = [sys.executable, "-m", "streams.cli"]
+    python = [sys.executable, "-m", "streams.commands.cli"]
     rate = f"{args.rate:g}"
     children = [
         Child("worker", [*python, "worker"], RUN_DIR / "worker.log"),

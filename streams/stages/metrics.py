@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from streams.agents.skipped import SkippedRecordGuard
-from streams.app import APP_ID, Wiring
-from streams.kpis import Figures, metrics_message
-from streams.windows import ChannelWindow, channel_figures, is_closed
+from streams.core.kpis import Figures, metrics_message
+from streams.core.windows import ChannelWindow, channel_figures, is_closed
+from streams.kafka.skipped_records import SkippedRecordGuard
+from streams.stages.app import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.config import Settings
-from streams.events import INPUT_TOPICS, TOPIC_TYPES, short_repr
+from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, short_repr
 
 BATCH = 50  # events per Kafka message
 MAX_BATCH_BYTES = 512 * 1024  # keeps a message well under Kafka's default 1 MiB limit
@@ -178,7 +178,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"attribution replay: no such file: {path}", file=sys.stderr)
         return 2
-    from streams.embedded import resolve_for_producer
+    from streams.kafka.embedded_broker import resolve_for_producer
 
     bootstrap, owned = resolve_for_producer(settings, "replay")
     try:
@@ -195,7 +195,7 @@ async def replay(bootstrap: str, settings: Settings, path: Path) -> tuple[Groupe
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from streams.kafka import ensure_topics, make_producer, wait_for_broker
+    from streams.kafka.topics import ensure_topics, make_producer, wait_for_broker
 
     await wait_for_broker(bootstrap)
     await ensure_topics(bootstrap, settings.topic_partitions)

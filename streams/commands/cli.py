@@ -15,13 +15,14 @@ from streams.config import ConfigError, Settings
 
 # subcommand -> (module, function, help)
 COMMANDS = {
-    "worker": ("streams.worker", "run", "run the stream processor until SIGINT/SIGTERM"),
-    "intake": ("streams.standalone_intake", "run", "read the input topics only, for workers with WORKER_INTAKE=off"),
-    "collect": ("streams.collector", "run", "run the HTTP collector (pixel and batch API)"),
-    "simulate": ("streams.simulator", "run", "produce a synthetic campaign to the input topics"),
-    "demo": ("streams.demo", "run", "embedded broker, worker, collector, simulator and a live KPI table"),
-    "top": ("streams.top", "run", "live per-channel KPI table read from metrics.channel"),
-    "replay": ("streams.replay", "run", "produce events from a JSON-lines file (backfill)"),
+    "worker": ("streams.stages.worker", "run", "run the stream processor until SIGINT/SIGTERM"),
+    "intake": ("streams.stages.intake_process", "run",
+               "read the input topics only, for workers with WORKER_INTAKE=off"),
+    "collect": ("streams.commands.collector", "run", "run the HTTP collector (pixel and batch API)"),
+    "simulate": ("streams.commands.simulator", "run", "produce a synthetic campaign to the input topics"),
+    "demo": ("streams.commands.demo", "run", "embedded broker, worker, collector, simulator and a live KPI table"),
+    "top": ("streams.commands.top", "run", "live per-channel KPI table read from metrics.channel"),
+    "replay": ("streams.commands.replay", "run", "produce events from a JSON-lines file (backfill)"),
 }
 
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "port", None):
         settings = _with(settings, collector_port=args.port)
     if args.command == "affiliates":
-        module_name, function_name = "streams.affiliates", "load"
+        module_name, function_name = "streams.core.affiliates", "load"
     else:
         module_name, function_name, _ = COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)

@@ -14,9 +14,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
-from streams.affiliates import parse_affiliate
-from streams.attribution import Affiliate
-from streams.kafka import AFFILIATES_TOPIC
+from streams.core.affiliates import parse_affiliate
+from streams.core.attribution import Affiliate
+from streams.kafka.topics import AFFILIATES_TOPIC
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from rich.table import Table
 from rich.text import Text
 
 from streams.config import Settings
-from streams.kafka import METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC
-from streams.kpis import KPIS, Figures
+from streams.core.kpis import KPIS, Figures
+from streams.kafka.topics import METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC
 
 DASH = "—"
 ACTION_STYLES = {"pause": "bold red", "keep": "yellow", "scale": "bold green"}
@@ -194,7 +194,7 @@ _FIXED_HEADERS = ("Channel", "Signal")
 
 
 def total_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The sum of the channels' figures, with KPIs computed from the sums (streams.kpis)."""
+    """The sum of the channels' figures, with KPIs computed from the sums (streams.core.kpis)."""
     total = Figures()
     for row in rows:
         total = total + Figures(*(_num(row.get(field)) or 0.0 for field in Figures._fields))
@@ -413,7 +413,7 @@ async def _read_to_end(consumer: Any, board: Board, timeout: float) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """`attribution top`."""
-    from streams.embedded import resolve_bootstrap
+    from streams.kafka.embedded_broker import resolve_bootstrap
 
     bootstrap, owned = resolve_bootstrap(settings)
     if owned is not None:

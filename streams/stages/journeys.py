@@ -1,7 +1,7 @@
 """Journeys: per tracking ID, remember touchpoints, drop repeats, attribute conversions after the grace.
 
-Thin wiring over `streams.journeys` (state and dedup), `streams.attribution` (credits) and
-`streams.windows` (partial sums). Each table key is written once per batch. Conversions wait
+Thin wiring over `streams.core.journeys` (state and dedup), `streams.core.attribution` (credits) and
+`streams.core.windows` (partial sums). Each table key is written once per batch. Conversions wait
 `ATTRIBUTION_GRACE` of wall-clock time in an in-memory queue (rebuilt from the table after
 recovery), so a touchpoint with an earlier `ts` that arrives just after its conversion counts.
 """
@@ -14,16 +14,12 @@ from typing import Any
 
 import orjson
 
-from streams.agents.skipped import SkippedRecordGuard
-from streams.app import APP_ID, Wiring
-from streams.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.config import MODELS
-from streams.events import Lead, Order, Spend, Touch, from_row
-from streams.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, event_ids, seq_of
-from streams.kafka import json_arrays
-from streams.observability import OUTCOMES, BatchCounts
-from streams.watermarks import SourceWatermarks
-from streams.windows import (
+from streams.core.attribution import Affiliate, Lookback, commissions, credits, journey_for
+from streams.core.events import Lead, Order, Spend, Touch, from_row
+from streams.core.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, event_ids, seq_of
+from streams.core.watermarks import SourceWatermarks
+from streams.core.windows import (
     CLICKS,
     GROSS_PROFIT,
     IMPRESSIONS,
@@ -38,6 +34,10 @@ from streams.windows import (
     partial_key,
     window_start,
 )
+from streams.kafka.skipped_records import SkippedRecordGuard
+from streams.kafka.topics import json_arrays
+from streams.serving.prometheus import OUTCOMES, BatchCounts
+from streams.stages.app import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

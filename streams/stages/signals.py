@@ -1,14 +1,14 @@
 """Switch-off signals: judge every channel and channel/campaign on its trailing SIGNAL_WINDOW.
 
     metrics.channel (by channel) · metrics.campaign (by channel/campaign)
-            │ signals: latest figures per key and window (streams.signals), one table row per key
+            │ signals: latest figures per key and window (streams.core.signals), one table row per key
             ▼
     signals (key = channel or channel/campaign), attribution_signal{channel,campaign,action}
 
 The table is keyed like the metric topics, so each worker judges the keys whose partitions it
 reads. Keys are judged at most once a second, and only when a metric message changed them; a
 message goes to `signals` only when the key's action changes and the new one has held for the
-settle time (`streams.signals.Settling`: twice the grace plus two seconds). The action is kept in the key's
+settle time (`streams.core.signals.Settling`: twice the grace plus two seconds). The action is kept in the key's
 row, so a restarted worker does not announce again what it already announced. A key with no
 figures for SIGNAL_WINDOW + ALLOWED_LATENESS of event time is forgotten, with its gauge.
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 import orjson
 
-from streams.agents.skipped import SkippedRecordGuards
-from streams.app import APP_ID, Wiring
-from streams.kafka import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
-from streams.signals import ACTIONS, KeyState, Settling, Thresholds, judge
+from streams.core.signals import ACTIONS, KeyState, Settling, Thresholds, judge
+from streams.kafka.skipped_records import SkippedRecordGuards
+from streams.kafka.topics import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
+from streams.stages.app import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

@@ -10,7 +10,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from streams.config import Settings
-from streams.observability import configure_logging
+from streams.serving.prometheus import configure_logging
 
 log = logging.getLogger(__name__)
 EMBEDDED_SESSION_TIMEOUT_S = 3.0  # Tansu makes a group join wait out the session timeout
@@ -24,9 +24,9 @@ GC_THRESHOLDS = (100_000, 50, 100)
 def run(settings: Settings, args: Namespace | None = None) -> int:
     import faust
 
-    from streams.app import build
-    from streams.embedded import resolve_bootstrap
-    from streams.store import open_store
+    from streams.kafka.embedded_broker import resolve_bootstrap
+    from streams.serving.store import open_store
+    from streams.stages.app import build
 
     configure_logging(settings.log_level)
     gc.set_threshold(*GC_THRESHOLDS)
@@ -42,7 +42,9 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
             session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
         wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
         if settings.state_store == "rocksdb":
-            from streams.disk_store import claim_empty_state_dir  # Faust's RocksDB module only where it is used
+            from streams.kafka.rocksdb_store import (
+                claim_empty_state_dir,  # Faust's RocksDB module only where it is used
+            )
 
             try:
                 wiring.state["state-dir-lock"] = claim_empty_state_dir(Path(wiring.app.conf.tabledir))
@@ -63,8 +65,8 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 
 async def prepare_topics(bootstrap: str, settings: Settings) -> None:
     """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
-    from streams.app import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
-    from streams.kafka import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
+    from streams.kafka.topics import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
+    from streams.stages.app import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
 
     await wait_for_broker(bootstrap)
     await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)

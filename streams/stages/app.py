@@ -37,19 +37,19 @@ import orjson
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
-from streams.affiliate_directory import AffiliateDirectory
 from streams.config import Settings
-from streams.faust_patches import drain_producer_buffer_on_flush, seek_uncommitted_partitions_to_beginning
-from streams.kafka import (
+from streams.kafka.affiliate_directory import AffiliateDirectory
+from streams.kafka.faust_patches import drain_producer_buffer_on_flush, seek_uncommitted_partitions_to_beginning
+from streams.kafka.topics import (
     ATTRIBUTIONS_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
     METRICS_LTV_TOPIC,
     SIGNALS_TOPIC,
 )
-from streams.observability import WorkerMetrics
-from streams.pushgateway import Pusher
-from streams.store import Store
+from streams.serving.prometheus import WorkerMetrics
+from streams.serving.pushgateway import Pusher
+from streams.serving.store import Store
 
 APP_ID = "attribution"
 JOURNEY_TOPIC = "attribution-journey-events"
@@ -88,7 +88,7 @@ class KeyPartitionedTable(faust.Table):
     records are acknowledged: Faust's commit flushes the client, and `send_changes` is awaited before
     the events that made the rows are acknowledged.
 
-    With STATE_STORE=rocksdb the rows live in `streams.disk_store`, which finds a key's database by
+    With STATE_STORE=rocksdb the rows live in `streams.kafka.rocksdb_store`, which finds a key's database by
     `partition_for` too.
     """
 
@@ -105,7 +105,9 @@ class KeyPartitionedTable(faust.Table):
 
     def _new_store_by_url(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):
-            from streams.disk_store import KeyPartitionedRocksDBStore  # RocksDB's bindings only where it is used
+            from streams.kafka.rocksdb_store import (
+                KeyPartitionedRocksDBStore,  # RocksDB's bindings only where it is used
+            )
 
             return KeyPartitionedRocksDBStore(
                 url, self.app, self, table_name=self.name, key_type=self.key_type,
@@ -247,7 +249,7 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     if settings.prometheus_pushgateway:
         app.service(Pusher(settings.prometheus_pushgateway, instance_name(settings), registry))
 
-    from streams.agents import intake, journeys, ltv, metrics, signals, web
+    from streams.stages import intake, journeys, ltv, metrics, signals, web
 
     if settings.ltv_stage:  # LTV_STAGE=off: no lifetime-value tables or agents, no customer orders sent
         wiring.ltv_partials_topic = app.topic(LTV_PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)

@@ -1,7 +1,7 @@
 """Lifetime value: customers by the partition of their id, then per-channel sums, then `metrics.ltv`.
 
     attribution-customer-orders (on partition_of(customer_id))  <- the journeys stage, arrays of orders
-            │ customers: one row per customer (streams.ltv), per-partition sums in memory
+            │ customers: one row per customer (streams.core.ltv), per-partition sums in memory
             ▼
     attribution-ltv-partials (by channel; ABSOLUTE sums per source partition)
             │ channels: latest partial per source partition + cumulative spend from metrics.channel
@@ -27,10 +27,7 @@ from typing import Any
 
 import orjson
 
-from streams.agents.skipped import SkippedRecordGuard, SkippedRecordGuards
-from streams.app import APP_ID, Wiring
-from streams.kafka import METRICS_CHANNEL_TOPIC
-from streams.ltv import (
+from streams.core.ltv import (
     FIGURES,
     Customer,
     CustomerOrder,
@@ -42,6 +39,9 @@ from streams.ltv import (
     row_contribution,
     spend_horizon_ms,
 )
+from streams.kafka.skipped_records import SkippedRecordGuard, SkippedRecordGuards
+from streams.kafka.topics import METRICS_CHANNEL_TOPIC
+from streams.stages.app import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

@@ -48,9 +48,9 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from streams.affiliates import Affiliate, parse_affiliate
 from streams.config import Settings, parse_duration_ms
-from streams.events import INPUT_TOPICS
+from streams.core.affiliates import Affiliate, parse_affiliate
+from streams.core.events import INPUT_TOPICS
 
 BATCH = 50  # events per Kafka message (one JSON array) per topic
 SPEND_INTERVAL_MS = 5_000  # a spend row per channel/campaign every this much event time
@@ -553,7 +553,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"attribution simulate: --channels: {exc}", file=sys.stderr)
         return 2
-    from streams.embedded import resolve_for_producer
+    from streams.kafka.embedded_broker import resolve_for_producer
 
     bootstrap, owned = resolve_for_producer(settings, "simulate")
     try:
@@ -576,8 +576,8 @@ async def simulate(
     out: Any = None,
 ) -> int:
     """Produce the campaign at `rate` events/s for `duration_s` seconds (0: until SIGINT/SIGTERM or `stop`)."""
-    from streams.affiliates import publish
-    from streams.kafka import ensure_topics, make_producer, wait_for_broker
+    from streams.core.affiliates import publish
+    from streams.kafka.topics import ensure_topics, make_producer, wait_for_broker
 
     out = out or sys.stderr
     stop = stop or asyncio.Event()

@@ -1,6 +1,6 @@
 """Intake: input topics -> validated, normalised events re-keyed by tracking ID (spend by channel shard).
 
-Stateless and thin: `streams.events` decides; this stage only moves bytes. It reads the input topics
+Stateless and thin: `streams.core.events` decides; this stage only moves bytes. It reads the input topics
 with a plain aiokafka consumer of its own group (`attribution-intake`), not through a Faust agent:
 Faust hands an agent one message at a time through its conductor, buffers and the event loop, about
 12k messages/s on this machine with no work at all, while `getmany` returns thousands of records per
@@ -9,7 +9,7 @@ every record sent for the inputs read up to them, and before a rebalance hands a
 
 Valid events of a batch go out as one message per destination partition, so the next stage pays Faust's
 per-message cost once per batch, not once per event. Each message, and a heartbeat to every partition,
-carries this intake's touchpoint watermark (see `streams.watermarks`):
+carries this intake's touchpoint watermark (see `streams.core.watermarks`):
 
     {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>,
      "own": ["<topic>/<partition>", ...: the touchpoint partitions that "wm" is about],
@@ -19,7 +19,7 @@ carries this intake's touchpoint watermark (see `streams.watermarks`):
 same way on a partition that has been quiet for a while as on a busy one.
 
 It runs inside each worker, or with WORKER_INTAKE=off in processes of its own (`attribution intake`,
-`streams.standalone_intake`): it needs only the settings, the counters and the partitioner.
+`streams.stages.intake_process`): it needs only the settings, the counters and the partitioner.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
 from streams.config import Settings
-from streams.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
-from streams.journeys import SEQ_PER_MESSAGE, spend_key
-from streams.kafka import DLQ_TOPIC
-from streams.observability import WorkerMetrics
-from streams.watermarks import NOTHING_READ, TouchProgress
+from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
+from streams.core.journeys import SEQ_PER_MESSAGE, spend_key
+from streams.core.watermarks import NOTHING_READ, TouchProgress
+from streams.kafka.topics import DLQ_TOPIC
+from streams.serving.prometheus import WorkerMetrics
+from streams.stages.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
 
 log = logging.getLogger(__name__)
 INTAKE_GROUP = f"{APP_ID}-intake"

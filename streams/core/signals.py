@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from streams.kpis import ratio
+from streams.core.kpis import ratio
 
 Action = Literal["pause", "keep", "scale"]
 ACTIONS: tuple[Action, ...] = ("pause", "keep", "scale")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streams.app import instance_name, partition_of
 from streams.config import Settings
-from streams.observability import WorkerMetrics, configure_logging
+from streams.serving.prometheus import WorkerMetrics, configure_logging
+from streams.stages.app import instance_name, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ class StandaloneWiring:
 
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
-    from streams.embedded import resolve_bootstrap
-    from streams.worker import PartitionMismatch
+    from streams.kafka.embedded_broker import resolve_bootstrap
+    from streams.stages.worker import PartitionMismatch
 
     configure_logging(settings.log_level)
     bootstrap, embedded = resolve_bootstrap(settings)
@@ -57,9 +57,9 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 
 
 async def serve(settings: Settings, bootstrap: str) -> None:
-    from streams.agents.intake import IntakeReader
-    from streams.pushgateway import Pusher
-    from streams.worker import prepare_topics
+    from streams.serving.pushgateway import Pusher
+    from streams.stages.intake import IntakeReader
+    from streams.stages.worker import prepare_topics
 
     await prepare_topics(bootstrap, settings)
     registry = CollectorRegistry()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.kpis import Figures
+from streams.core.kpis import Figures
 
 FIGURE_COUNT = len(Figures._fields)
 IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT = range(FIGURE_COUNT)
