@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "port", None):
         settings = _with(settings, collector_port=args.port)
     if args.command == "affiliates":
-        module_name, function_name = "streams.core.affiliates", "load"
+        module_name, function_name = "streams.commands.affiliates", "load"
     else:
         module_name, function_name, _ = COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)

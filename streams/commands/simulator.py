@@ -576,7 +576,7 @@ async def simulate(
     out: Any = None,
 ) -> int:
     """Produce the campaign at `rate` events/s for `duration_s` seconds (0: until SIGINT/SIGTERM or `stop`)."""
-    from streams.core.affiliates import publish
+    from streams.commands.affiliates import publish
     from streams.kafka.topics import ensure_topics, make_producer, wait_for_broker
 
     out = out or sys.stderr

@@ -42,7 +42,14 @@ from streams.core.journeys import SEQ_PER_MESSAGE, spend_key
 from streams.core.watermarks import NOTHING_READ, TouchProgress
 from streams.kafka.topics import DLQ_TOPIC
 from streams.serving.prometheus import WorkerMetrics
-from streams.stages.app import APP_ID, FETCH_MAX_WAIT_MS, JOURNEY_TOPIC, PRODUCER_BATCH_BYTES, Wiring, instance_name
+from streams.stages.topology import (
+    APP_ID,
+    FETCH_MAX_WAIT_MS,
+    JOURNEY_TOPIC,
+    PRODUCER_BATCH_BYTES,
+    Wiring,
+    instance_name,
+)
 
 log = logging.getLogger(__name__)
 INTAKE_GROUP = f"{APP_ID}-intake"

@@ -21,8 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams.config import Settings
+from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics, configure_logging
-from streams.stages.app import instance_name, partition_of
+from streams.stages.topology import instance_name
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from streams.core.windows import (
 from streams.kafka.skipped_records import SkippedRecordGuard
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import OUTCOMES, BatchCounts
-from streams.stages.app import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

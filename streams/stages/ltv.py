@@ -41,7 +41,7 @@ from streams.core.ltv import (
 )
 from streams.kafka.skipped_records import SkippedRecordGuard, SkippedRecordGuards
 from streams.kafka.topics import METRICS_CHANNEL_TOPIC
-from streams.stages.app import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

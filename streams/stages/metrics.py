@@ -15,7 +15,7 @@ import orjson
 from streams.core.kpis import Figures, metrics_message
 from streams.core.windows import ChannelWindow, channel_figures, is_closed
 from streams.kafka.skipped_records import SkippedRecordGuard
-from streams.stages.app import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

@@ -26,7 +26,7 @@ import orjson
 from streams.core.signals import ACTIONS, KeyState, Settling, Thresholds, judge
 from streams.kafka.skipped_records import SkippedRecordGuards
 from streams.kafka.topics import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
-from streams.stages.app import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.stages.app import Wiring
 from streams.stages.ltv import LTV_NAMESPACE
 from streams.stages.metrics import KPI_NAMESPACE
+from streams.stages.topology import Wiring
 
 LTV_OFF = {"error": "lifetime value is off on this worker (LTV_STAGE=off)"}
 

@@ -66,7 +66,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 async def prepare_topics(bootstrap: str, settings: Settings) -> None:
     """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
     from streams.kafka.topics import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
-    from streams.stages.app import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
+    from streams.stages.topology import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
 
     await wait_for_broker(bootstrap)
     await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.kafka.topics import PUBLIC_TOPICS, ensure_topics, partition_counts
-from streams.stages.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
+from streams.stages.topology import CHANGELOG_TOPICS, INTERNAL_TOPICS
 from tests.integration.services import KafkaBroker, WorkerProcess, consume_all, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
 from streams.core.journeys import MAX_SEEN_IDS, MAX_TOUCHES, SEQ_PER_MESSAGE
+from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
-from streams.stages.app import partition_of
 from streams.stages.journeys import JourneyStage
 from tests.fakes import FakeTable
 

@@ -49,7 +49,7 @@ import yaml
 from streams.commands.simulator import AFFILIATE_RECORDS
 from streams.kafka.embedded_broker import _pdeathsig_hook
 from streams.kafka.topics import AFFILIATES_TOPIC, PUBLIC_TOPICS, ensure_topics, partition_counts
-from streams.stages.app import CHANGELOG_TOPICS, INTERNAL_TOPICS
+from streams.stages.topology import CHANGELOG_TOPICS, INTERNAL_TOPICS
 from tests.integration.services import KafkaBroker, WorkerProcess, free_port, produce
 from tests.ops.promql import PROMETHEUS_DIR, Expression, all_expressions, rule_expressions
 

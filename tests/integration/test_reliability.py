@@ -358,7 +358,7 @@ async def test_a_window_closed_before_a_restart_stays_closed_after_it(
 
 def spread_over_partitions(run: str, partitions: int, per_partition: int = 2) -> list[str]:
     """Tracking IDs, `per_partition` on every journey partition (murmur2, as the engine routes them)."""
-    from streams.stages.app import partition_of
+    from streams.kafka.partitioner import partition_of
 
     chosen: list[str] = []
     i = 0

@@ -35,7 +35,7 @@ from streams.core.ltv import (
     customer_bytes,
     ltv_message,
 )
-from streams.stages.app import partition_of
+from streams.kafka.partitioner import partition_of
 from streams.stages.ltv import META_PREFIX, ChannelStage, CustomerStage, customer_key, key_partition
 
 DAY = 86_400_000

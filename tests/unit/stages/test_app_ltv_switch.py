@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry
 from streams.config import Settings
 from streams.core.events import Order
 from streams.core.journeys import Journey
+from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.store import MemoryStore
-from streams.stages.app import build, partition_of
+from streams.stages.app import build
 from streams.stages.journeys import JourneyStage
 from tests.fakes import FakeTable
 

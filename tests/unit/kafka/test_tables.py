@@ -11,7 +11,8 @@ import pytest
 
 from streams.config import Settings
 from streams.serving.store import open_store
-from streams.stages.app import Wiring, build
+from streams.stages.app import build
+from streams.stages.topology import Wiring
 
 KEYS = ["bv123", "12345-abc", "ünïcode visitor", "\x00spend/google_ads/7", '"quoted"']
 ROW = [[[1763800000000, "c", "google_ads", "brand", None, "c1"]], [123], [[1024, 1763800000000]], [], 1763800000000]

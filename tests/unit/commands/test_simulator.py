@@ -29,7 +29,7 @@ from streams.core.events import INPUT_TOPICS, validate
 START = 1_763_800_000_000
 TICK_MS = 50
 SETTINGS = Settings()
-SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "affiliates.sample.json"
+SAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "affiliates.sample.json"
 
 
 def drive(campaign: Campaign, seconds: float, rate: float, start: int = START) -> list[tuple[int, SimEvent]]:

@@ -13,7 +13,8 @@ from faust.types import TP
 from streams.config import Settings
 from streams.kafka.rocksdb_store import LOCK_FILE, KeyPartitionedRocksDBStore, StateDirInUse, claim_empty_state_dir
 from streams.serving.store import MemoryStore
-from streams.stages.app import Wiring, build
+from streams.stages.app import build
+from streams.stages.topology import Wiring
 
 PARTITIONS = 4
 ROW = [[[1763800000000, "c", "google_ads", "brand", None, "c1"]], [123], [[1024, 1763800000000]], [], 1763800000000]

@@ -1,0 +1,97 @@
+"""Every topic, table and shared handle of the stages, on one screen; `streams.stages.app` assembles them.
+
+    input topics ──intake──► attribution-journey-events (by tracking ID; spend by channel shard)
+                 (its own aiokafka consumer group, attribution-intake: not a Faust agent)
+                                  │ journeys: dedup, touchpoints, conversions after the grace
+                                  ├──► attributions
+                                  ▼
+                 attribution-metric-partials (by channel; absolute snapshots per source partition)
+                                  │ metrics: sum the partials, throttle, close windows
+                                  ▼
+                 metrics.channel · metrics.campaign   (+ Redis/in-process store for the read API)
+                                  │ signals: trailing SIGNAL_WINDOW per key ──► signals
+ journeys ──► attribution-customer-orders (by customer_id)
+                                  │ ltv customers: acquisition by the first order, per-partition sums
+                                  ▼
+                 attribution-ltv-partials (by channel; absolute sums per source partition)
+                                  │ ltv channels: + cumulative spend from metrics.channel
+                                  ▼
+                 metrics.ltv   (+ the store for GET /api/v1/ltv)
+
+Tables choose their changelog partition from the key with the same murmur2 the intake uses
+to route events, so a key's state always lives with the partition that reads its events.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from streams.config import Settings
+from streams.kafka.affiliate_directory import AffiliateDirectory
+from streams.kafka.partitioner import partition_of
+from streams.kafka.topics import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
+from streams.serving.prometheus import WorkerMetrics
+from streams.serving.store import Store
+
+APP_ID = "attribution"
+JOURNEY_TOPIC = "attribution-journey-events"
+PARTIALS_TOPIC = "attribution-metric-partials"
+CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
+LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
+FETCH_MAX_WAIT_MS = 10
+PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
+TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys")
+# Created before Faust starts: a producer's first send must never auto-create one of these with the
+# broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
+INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC)
+CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
+# Tables keyed like these topics find a key's partition with TOPIC_PARTITIONS: they must have that many.
+CO_PARTITIONED_TOPICS = INTERNAL_TOPICS + CHANGELOG_TOPICS + (METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC)
+
+
+@dataclass
+class Wiring:
+    """Everything the stages share; built once per worker by `streams.stages.app.build`."""
+
+    settings: Settings
+    app: faust.App
+    store: Store
+    metrics: WorkerMetrics
+    registry: CollectorRegistry
+    bootstrap: str = ""  # the Kafka bootstrap servers, for the stages that keep clients of their own
+    journey_events: Any = None
+    partials_topic: Any = None
+    customer_orders: Any = None
+    attributions: Any = None
+    metrics_channel: Any = None
+    metrics_campaign: Any = None
+    journeys: Any = None
+    partials: Any = None
+    channel_windows: Any = None
+    ltv_partials_topic: Any = None  # lifetime value (section 7): agents/ltv.py
+    ltv_channel_inputs: Any = None
+    metrics_ltv: Any = None
+    ltv_customers: Any = None
+    ltv_channels: Any = None
+    signal_inputs: Any = None  # switch-off signals (section 7): agents/signals.py
+    signals: Any = None
+    signal_keys: Any = None
+    affiliates: AffiliateDirectory | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def partition_of(self, key: str) -> int:
+        return partition_of(key, self.settings.topic_partitions)
+
+    def assigned(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def instance_name(settings: Settings) -> str:
+    """This worker's name in Prometheus groups and watermark reports: WORKER_NAME, else host-pid."""
+    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
