@@ -1,4 +1,4 @@
-"""What the lifetime-value stage costs (issue #10): the engine measure of bench/run.py, with and without it.
+"""What the lifetime-value stage costs (issue #10): the engine measure of bench/engine_run.py, with and without it.
 
     python -m bench.run --only ltv-cost [--quick] [--ltv-rounds N] [--ltv-sequential] [--write]
 
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +31,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from bench import data
+from bench.metrics_topic import read_from_start
+from bench.processes import BenchError, cpu_seconds, say
 from bench.report import rate
 from streams.kafka.topics import METRICS_LTV_TOPIC
 
 if TYPE_CHECKING:
-    from bench.run import Run
+    from bench.engine_run import Run
 
 PARTITIONS = 4
 MIXES = (("realistic", 0.12), ("order-heavy", 1.0))  # (name, data.build's order_rate)
@@ -59,8 +60,6 @@ class LtvWatcher:
         return sum(self.orders.values())
 
     async def start(self, partitions: int) -> None:
-        from bench.run import read_from_start
-
         self.consumer = await read_from_start(self.bootstrap, METRICS_LTV_TOPIC, partitions)
         self.task = asyncio.create_task(self._run())
 
@@ -106,11 +105,6 @@ async def prepare(run: Run, label: str, dataset: data.Dataset) -> Any:
 
 
 async def one_run(run: Run, label: str, dataset: data.Dataset, stage: str, broker: Any = None) -> dict[str, Any]:
-    # bench.run's own module: `__main__` under `python -m bench.run` (importing bench.run would load a second copy,
-    # whose BenchError main() would not recognise)
-    runner = sys.modules[type(run).__module__]
-    BenchError, cpu_seconds, say = runner.BenchError, runner.cpu_seconds, runner.say  # noqa: N806
-
     broker = broker or await prepare(run, label, dataset)
     try:
         ltv = LtvWatcher(broker.bootstrap, dataset.expected.customer_orders) if stage == "on" else None

@@ -153,7 +153,7 @@ def customer_orders(n: int, orders: int) -> list[tuple[bytes, list[bytes]]]:
 
 def measure_customers(kind: str, n: int, traced: bool) -> dict[str, Any]:
     """Remembered customers as the ltv-customers agent keeps them: bytes each, and their changelog record."""
-    from streams.stages.app import partition_of
+    from streams.kafka.partitioner import partition_of
     from streams.stages.ltv import customer_key
 
     prepared = customer_orders(n, CUSTOMER_CASES[kind])
