@@ -65,7 +65,8 @@ cmd_start() {
     if port_open "$port"; then
         die "port $port is already in use by another process; pick another: $0 start PORT"
     fi
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    # REDIS_APPENDONLY=yes: what Redis acknowledged survives its restart (appendfsync everysec)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly "${REDIS_APPENDONLY:-no}" --daemonize yes \
         --pidfile "$pidfile" --dir "$dir" --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 \
         || die "redis-server failed to start; see $dir/redis.log"
     ticks=100

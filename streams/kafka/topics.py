@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -115,3 +115,45 @@ async def partition_counts(bootstrap: str, names: tuple[str, ...], timeout_s: fl
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+async def group_members(bootstrap: str, group: str) -> list[str]:
+    """The members of a consumer group as `client_id@host`: none when the group is empty or unknown."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return sorted(
+        f"{member['client_id']}@{member['client_host'].lstrip('/')}"
+        for response in responses for described in response.to_object()["groups"] for member in described["members"]
+    )
+
+
+async def read_tails(bootstrap: str, topic: str, per_partition: int, timeout_s: float = 10.0) -> list[bytes]:
+    """The values of the last `per_partition` records of each partition of `topic`, in offset order within a
+    partition; what was read by `timeout_s` when the broker is slow (Tansu's end offsets can be wrong)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # the cluster's metadata, so that partitions_for_topic knows the topic
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(starts[tp], ends[tp] - per_partition))
+        values: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=200)).items():
+                values += [record.value for record in records if record.value is not None]
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+        return values
+    finally:
+        await consumer.stop()

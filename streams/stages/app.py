@@ -24,8 +24,9 @@ from streams.kafka.topics import (
 )
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.pushgateway import Pusher
-from streams.serving.store import Store
+from streams.serving.store import Claims, Store
 from streams.stages import intake, journeys, ltv, metrics, signals, web
+from streams.stages.claims import TableClaims
 from streams.stages.topology import (
     APP_ID,
     CUSTOMER_ORDERS_TOPIC,
@@ -39,7 +40,11 @@ from streams.stages.topology import (
 )
 
 
-def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0) -> Wiring:
+def build(
+    settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0, claims: Claims | None = None
+) -> Wiring:
+    """The worker's app. Claims on customers and order ids go to `claims` (Redis) when given, else to the
+    changelogged `claims` table."""
     lower_fetch_wait(FETCH_MAX_WAIT_MS)
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
@@ -81,6 +86,8 @@ def build(settings: Settings, bootstrap: str, store: Store, session_timeout_s: f
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
     wiring.journeys = _table(app, "journeys", n, wiring.partition_of)
     wiring.partials = _table(app, "partials", n, lambda key: int(key.split("|", 1)[0]))
+    wiring.claims_table = _table(app, "claims", n, wiring.partition_of)
+    wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))
     wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)

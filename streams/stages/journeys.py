@@ -215,6 +215,7 @@ class JourneyStage:
         # conversions: a crash between the two changelogs would lose them (found by the kill -9 test).
         await self.w.partials.send_changes()
         await self.send_customer_orders()
+        await self.w.claims.written()
         await self.w.app.producer.flush()
         self.forget_pending(done)
         await self.w.journeys.send_changes()
@@ -241,17 +242,17 @@ class JourneyStage:
         """Orders whose order_id another event holds (duplicates), and which orders are a first order."""
         orders = [c for *_, c in conversions if isinstance(c, Order)]
         s = self.w.settings
-        held = await self.w.store.claim_orders([(o.order_id, o.event_id) for o in orders], s.dedup_window_ms)
+        held = await self.w.claims.claim_orders([(o.order_id, o.event_id, o.ts) for o in orders], s.dedup_window_ms)
         repeats = {o.event_id for o, mine in zip(orders, held, strict=True) if not mine}
         customers = [
-            (o.customer_id, o.event_id) for o in orders
+            (o.customer_id, o.event_id, o.ts) for o in orders
             if o.customer_id and o.event_id not in not_first and o.event_id not in repeats
         ]
-        answers = await self.w.store.first_orders(customers, s.customer_retention_ms)
+        answers = await self.w.claims.first_orders(customers, s.customer_retention_ms)
         if self.store_down_since is not None:
             log.warning("store is back after %.0fs; attributing again", time.monotonic() - self.store_down_since)
             self.store_down_since = None
-        return repeats, {event_id: first for (_, event_id), first in zip(customers, answers, strict=True)}
+        return repeats, {event_id: first for (_, event_id, _), first in zip(customers, answers, strict=True)}
 
     def store_unavailable(self, exc: Exception, conversions: list[tuple[int, str, int, Lead | Order]]) -> None:
         if self.store_down_since is None:
@@ -443,6 +444,8 @@ class JourneyStage:
                 closed.append(key)
         self.w.partials.put_rows(dict.fromkeys(closed))
         await self.w.partials.send_changes()
+        # The oldest conversion still accepted is in the oldest window still open.
+        await self.w.claims.sweep(self.stream_time - s.allowed_lateness_ms - s.metrics_window_ms)
 
 
 def credit_json(credit: Any, revenue: float) -> dict[str, Any]:

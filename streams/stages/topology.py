@@ -37,7 +37,7 @@ from streams.kafka.affiliate_directory import AffiliateDirectory
 from streams.kafka.partitioner import partition_of
 from streams.kafka.topics import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
 from streams.serving.prometheus import WorkerMetrics
-from streams.serving.store import Store
+from streams.serving.store import Claims, Store
 
 APP_ID = "attribution"
 JOURNEY_TOPIC = "attribution-journey-events"
@@ -46,7 +46,7 @@ CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 FETCH_MAX_WAIT_MS = 10
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
-TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys")
+TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims")
 # Created before Faust starts: a producer's first send must never auto-create one of these with the
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
 INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC)
@@ -61,7 +61,7 @@ class Wiring:
 
     settings: Settings
     app: faust.App
-    store: Store
+    store: Store  # the latest KPI messages for the read API
     metrics: WorkerMetrics
     registry: CollectorRegistry
     bootstrap: str = ""  # the Kafka bootstrap servers, for the stages that keep clients of their own
@@ -82,6 +82,8 @@ class Wiring:
     signal_inputs: Any = None  # switch-off signals (section 7): agents/signals.py
     signals: Any = None
     signal_keys: Any = None
+    claims: Claims | None = None  # customers and order ids: Redis, or the claims table (streams.stages.claims)
+    claims_table: Any = None
     affiliates: AffiliateDirectory | None = None
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -1,17 +1,27 @@
-"""The worker's HTTP endpoints on WEB_PORT: `/metrics` and the read API (CONTRACT.md section 6)."""
+"""The worker's HTTP endpoints on WEB_PORT: `/metrics` and the read API (CONTRACT.md section 6).
+
+The read API serves the latest messages the metrics and LTV stages saved in the store. The in-process
+store starts empty, so a worker without Redis refills it at start from the tails of `metrics.channel`
+and `metrics.ltv` (`LATEST_TAIL` records per partition): a restarted worker serves its figures again
+within seconds, not an empty list until the next window changes.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.kafka.topics import METRICS_CHANNEL_TOPIC, METRICS_LTV_TOPIC, read_tails
 from streams.stages.ltv import LTV_NAMESPACE
 from streams.stages.metrics import KPI_NAMESPACE
 from streams.stages.topology import Wiring
 
 LTV_OFF = {"error": "lifetime value is off on this worker (LTV_STAGE=off)"}
+LATEST_TAIL = 10_000  # metric messages read back per partition at start
+log = logging.getLogger(__name__)
 
 
 def latest_kpis(stored: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -25,6 +35,37 @@ def latest_kpis(stored: dict[str, bytes]) -> list[dict[str, Any]]:
 def latest_ltv(stored: dict[str, bytes]) -> list[dict[str, Any]]:
     """The latest `metrics.ltv` message per channel, ordered by channel."""
     return [orjson.loads(stored[channel]) for channel in sorted(stored)]
+
+
+def latest_from_tails(kpi_values: list[bytes], ltv_values: list[bytes]) -> tuple[dict[str, dict[int, Any]],
+                                                                                   dict[str, Any]]:
+    """The metric messages read back: per channel its windows' newest `metrics.channel` message, and its
+    newest `metrics.ltv` message (the values are in offset order within a channel's partition)."""
+    windows: dict[str, dict[int, Any]] = {}
+    for value in kpi_values:
+        message = orjson.loads(value)
+        windows.setdefault(message["channel"], {})[message["window_start"]] = message
+    ltv = {message["channel"]: message for message in map(orjson.loads, ltv_values)}
+    return windows, ltv
+
+
+async def refill_latest(w: Wiring) -> None:
+    """Seed the stages' latest messages from the metric topics, leaving alone what they published since."""
+    kpi_values = await read_tails(w.bootstrap, METRICS_CHANNEL_TOPIC, LATEST_TAIL)
+    ltv_values = await read_tails(w.bootstrap, METRICS_LTV_TOPIC, LATEST_TAIL) if w.settings.ltv_stage else []
+    windows, ltv = latest_from_tails(kpi_values, ltv_values)
+    metrics = w.state["metrics"]
+    for channel, by_window in windows.items():
+        known = metrics.latest.get(channel, {})
+        for start in sorted(by_window)[-2:]:
+            if start not in known:
+                metrics.remember_latest(channel, start, by_window[start])
+    await metrics.save_latest()
+    channels = w.state.get("ltv-channels")
+    if channels is not None:
+        unpublished = {channel: message for channel, message in ltv.items() if channel not in channels.published}
+        await w.store.put_latest(LTV_NAMESPACE, {channel: orjson.dumps(m) for channel, m in unpublished.items()})
+    log.info("read API refilled from the metric topics: %d channels, %d with lifetime value", len(windows), len(ltv))
 
 
 def state_summary(w: Wiring) -> dict[str, Any]:
@@ -41,6 +82,15 @@ def state_summary(w: Wiring) -> dict[str, Any]:
 
 
 def register(w: Wiring) -> None:
+    if not w.settings.redis_url:
+
+        @w.app.task
+        async def refill() -> None:
+            try:
+                await refill_latest(w)
+            except Exception as exc:  # noqa: BLE001 - the stages fill the read API as they publish
+                log.warning("could not refill the read API from the metric topics (%s)", exc)
+
     @w.app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(w.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -19,28 +20,33 @@ EMBEDDED_SESSION_TIMEOUT_S = 3.0  # Tansu makes a group join wait out the sessio
 # collector took about 45% of the journeys stage's time (bench data, offline: 36k events/s absorbed, 62k with
 # these). The state holds no reference cycles, so collecting young objects far less often loses nothing.
 GC_THRESHOLDS = (100_000, 50, 100)
+GROUP_LEAVE_MARGIN_S = 5.0
+GROUP_POLL_S = 1.0
 
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
     import faust
 
     from streams.kafka.embedded_broker import resolve_bootstrap
-    from streams.serving.store import open_store
+    from streams.serving.store import RedisStore, open_store
     from streams.stages.app import build
 
     configure_logging(settings.log_level)
     gc.set_threshold(*GC_THRESHOLDS)
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
-        try:
-            asyncio.run(prepare_topics(bootstrap, settings))
-        except (TimeoutError, PartitionMismatch) as exc:
-            print(f"attribution worker: {exc}", file=sys.stderr)
-            return 1
         session_timeout = settings.kafka_session_timeout_ms / 1000
         if embedded is not None:
             session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
-        wiring = build(settings, bootstrap, open_store(settings.redis_url), session_timeout)
+        try:
+            asyncio.run(prepare_topics(bootstrap, settings))
+            if not settings.redis_url and embedded is None:  # an embedded broker of our own has no other worker
+                asyncio.run(refuse_a_second_worker(bootstrap, session_timeout + GROUP_LEAVE_MARGIN_S))
+        except (TimeoutError, PartitionMismatch, SecondWorker) as exc:
+            print(f"attribution worker: {exc}", file=sys.stderr)
+            return 1
+        store = open_store(settings.redis_url)
+        wiring = build(settings, bootstrap, store, session_timeout, store if isinstance(store, RedisStore) else None)
         if settings.state_store == "rocksdb":
             from streams.kafka.rocksdb_store import (
                 claim_empty_state_dir,  # Faust's RocksDB module only where it is used
@@ -82,6 +88,50 @@ async def prepare_topics(bootstrap: str, settings: Settings) -> None:
 
 class PartitionMismatch(RuntimeError):
     pass
+
+
+class SecondWorker(RuntimeError):
+    pass
+
+
+async def refuse_a_second_worker(bootstrap: str, wait_s: float) -> None:
+    """Without REDIS_URL the claims on customers and order ids live in one worker's table, which must own
+    every partition: refuse to join a group that has a member. A member left by a killed worker leaves
+    within the session timeout, so that long is waited out first. A group that cannot be described (a
+    fresh broker still electing its coordinator) counts as empty after a while: the claims table refuses
+    to judge a partition this worker does not own, so a missed second worker stalls, never miscounts."""
+    from streams.stages.topology import APP_ID
+
+    deadline = time.monotonic() + wait_s
+    members = await members_of(bootstrap, APP_ID, wait_s)
+    if members:
+        log.warning("consumer group %s has members %s: waiting up to %.0fs for them to leave", APP_ID, members, wait_s)
+    while members and time.monotonic() < deadline:
+        await asyncio.sleep(GROUP_POLL_S)
+        members = await members_of(bootstrap, APP_ID, wait_s)
+    if members:
+        raise SecondWorker(
+            f"another worker is running in consumer group {APP_ID!r} ({', '.join(members)}) and REDIS_URL is "
+            "unset: without Redis one worker keeps every customer and order id; set REDIS_URL (the same for "
+            "every worker) to run several"
+        )
+
+
+async def members_of(bootstrap: str, group: str, wait_s: float) -> list[str]:
+    """The group's members, asking again while the broker has no coordinator for it; none after `wait_s`."""
+    from aiokafka.errors import KafkaError
+
+    from streams.kafka.topics import group_members
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await group_members(bootstrap, group)
+        except KafkaError as exc:
+            if time.monotonic() >= deadline:
+                log.warning("could not describe consumer group %s (%s): starting without the check", group, exc)
+                return []
+            await asyncio.sleep(GROUP_POLL_S)
 
 
 def _keep_log_levels(level: str) -> None:

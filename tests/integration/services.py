@@ -140,18 +140,20 @@ class KafkaBroker:
 
 
 class RedisServer:
-    """redis-server run by deploy/redis/redis.sh on one port, in memory only."""
+    """redis-server run by deploy/redis/redis.sh on one port: in memory only, or with its append-only file."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, appendonly: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.appendonly = appendonly
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _env(self) -> dict[str, str]:
-        return {"REDIS_DIR": str(self.data_dir), "REDIS_PARENT_PID": str(os.getpid())}
+        return {"REDIS_DIR": str(self.data_dir), "REDIS_PARENT_PID": str(os.getpid()),
+                "REDIS_APPENDONLY": "yes" if self.appendonly else "no"}
 
     def start(self, timeout: float = 30.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
