@@ -22,3 +22,7 @@ class FakeTable(dict):  # type: ignore[type-arg]
 
     async def send_changes(self) -> None:
         """Nothing is sent here."""
+
+    def partition_for(self, key: str) -> int:
+        """Every key on partition 0 (a test that needs more subclasses this)."""
+        return 0

@@ -61,15 +61,16 @@ class TableClaims:
     async def sweep(self, before_ms: int) -> int:
         """Forget owned rows whose hold ended before `before_ms`, a chunk at a time; a row claimed again
         meanwhile is judged again. Returns how many were forgotten."""
-        keys = [key for key, row in list(self.table.data.items()) if self._expired(key, row, before_ms)]
+        keys = self._expired(list(self.table.data.keys()), before_ms)
         gone = 0
         for start in range(0, len(keys), SWEEP_CHUNK):
-            chunk = [key for key in keys[start:start + SWEEP_CHUNK] if self._expired(key, self.table.data.get(key),
-                                                                                    before_ms)]
+            chunk = self._expired(keys[start:start + SWEEP_CHUNK], before_ms)
             self.table.put_rows(dict.fromkeys(chunk))
             await self.table.send_changes()
             gone += len(chunk)
         return gone
 
-    def _expired(self, key: str, row: Any, before_ms: int) -> bool:
-        return bool(row) and expired(row, before_ms) and self.table.partition_for(key) in self.owned()
+    def _expired(self, keys: list[str], before_ms: int) -> list[str]:
+        owned, data = self.owned(), self.table.data
+        return [key for key in keys if (row := data.get(key)) and expired(row, before_ms)
+                and self.table.partition_for(key) in owned]

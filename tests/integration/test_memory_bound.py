@@ -35,6 +35,7 @@ from streams.config import Settings
 from streams.core.journeys import MAX_SEEN_IDS, MAX_TOUCHES, SEQ_PER_MESSAGE
 from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
+from streams.stages.claims import TableClaims
 from streams.stages.journeys import JourneyStage
 from tests.fakes import FakeTable
 
@@ -62,6 +63,7 @@ def stage(journeys: FakeTable | None = None) -> JourneyStage:
         metrics=WorkerMetrics(CollectorRegistry(), SETTINGS.campaign_label_cap),
         partition_of=lambda key: partition_of(key, PARTITIONS), assigned=lambda topic: set(range(PARTITIONS)),
         journey_events=SimpleNamespace(get_topic_name=lambda: "attribution-journey-events"),
+        claims=TableClaims(FakeTable(), lambda: set(range(PARTITIONS))),
     )
     return JourneyStage(w)  # type: ignore[arg-type]
 
@@ -109,11 +111,9 @@ def tracing() -> Iterator[None]:
 
 def advance_and_sweep(target: JourneyStage) -> None:
     """A later event moves stream time past the horizon; the sweep (every 30 s in the worker) expires, a
-    chunk at a time (more than one here). The cache of key partitions is emptied too: it is not state but a
-    fixed cost, at most PARTITION_CACHE_SIZE keys whatever the number of visitors."""
+    chunk at a time (more than one here)."""
     absorb(target, impressions(1, T0 + 60_000 + HORIZON_MS + 60_000))
     asyncio.run(target.sweep())
-    partition_of.cache_clear()
 
 
 def test_a_distinct_tracking_id_costs_at_most_the_documented_bytes_and_nothing_after_expiry() -> None:

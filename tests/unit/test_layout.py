@@ -58,7 +58,7 @@ def project_sources() -> dict[str, str]:
 
 
 def test_every_module_lives_in_a_layer_folder_or_is_config() -> None:
-    folders = {*MAY_IMPORT, "__init__", "py.typed"}
+    folders = {*MAY_IMPORT, "__init__"}
     assert [path for path in project_sources() if Path(path).parts[1].removesuffix(".py") not in folders] == []
 
 
