@@ -19,6 +19,7 @@ import fastjsonschema
 import orjson
 
 from streams.config import Settings
+from streams.core.fast_events import decode_valid, struct_for
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 NONE_CAMPAIGN = "(none)"
@@ -101,6 +102,11 @@ def _validator(kind: str):
     return fastjsonschema.compile(load_schema(kind))
 
 
+@cache
+def _struct(kind: str) -> Any:
+    return struct_for(kind, load_schema(kind))
+
+
 def decode(raw: bytes | None) -> list[tuple[int | None, Any]] | Rejection:
     """Bytes -> the event objects they hold, with each one's index in a batch (None: a single object)."""
     if raw is None:
@@ -139,7 +145,26 @@ def validate(obj: Any, topic: str, settings: Settings) -> Event | str:
 
 
 def parse_message(raw: bytes | None, topic: str, settings: Settings) -> tuple[list[Event], list[Rejection]]:
-    """One input message -> its valid events and its rejections (each batch element judged alone)."""
+    """One input message -> its valid events and its rejections (each batch element judged alone).
+
+    A message that its kind's struct takes whole (`streams.core.fast_events`) skips the schema walk; any
+    other goes the schema path, which words the errors."""
+    kind = TOPIC_TYPES.get(topic)
+    decoded = decode_valid(_struct(kind), raw) if kind is not None and raw is not None else None
+    if decoded is None:
+        return parse_with_schema(raw, topic, settings)
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for index, obj in decoded:
+        try:
+            events.append(_normalise(kind, obj, settings))
+        except ValueError as exc:
+            rejections.append(Rejection(str(exc), index))
+    return events, rejections
+
+
+def parse_with_schema(raw: bytes | None, topic: str, settings: Settings) -> tuple[list[Event], list[Rejection]]:
+    """`parse_message` by the JSON Schemas alone: every message that is not plainly valid comes here."""
     decoded = decode(raw)
     if isinstance(decoded, Rejection):
         return [], [decoded]
