@@ -4,7 +4,7 @@
     python -m bench.memory --case customers1 --n 100000 --unit traced   (one case: 1 order per customer)
 
 Runs in its own interpreter. Builds journeys the way the journeys agent does (orjson-decoded
-events -> `streams.core.events` rows -> `Journey.admit` / `add_touch` -> `to_row()`), and keeps the rows
+events -> `streams.core.events` rows -> `Journey.admit` -> `to_row()`), and keeps the rows
 in a dict keyed by tracking ID, which is what Faust's in-memory table store holds. Memory is
 measured twice: tracemalloc (bytes Python allocated for the objects) and the RSS delta (what the
 process really grew by, allocator overhead included). Prints one JSON object.
@@ -37,13 +37,14 @@ import orjson
 
 from bench.data import CHANNELS, EventSource
 from streams.config import Settings
-from streams.core.events import Touch, from_row, validate
-from streams.core.journeys import Admission, Journey, event_ids, seq_of
+from streams.core.events import from_row, validate
+from streams.core.journeys import Journey, Retention, seq_of
 from streams.core.ltv import CustomerOrder, absorb
 
 EXTRA_IDS = 20
 EXTRA_TOUCHES = 10
 SETTINGS = Settings()
+RETENTION = Retention.of(SETTINGS)
 T0 = 1_763_800_000_000
 
 
@@ -108,12 +109,10 @@ def measure(kind: str, n: int, traced: bool) -> dict[str, Any]:
         journey = Journey()
         for position, row in enumerate(orjson.loads(encoded)):
             item = from_row(row)
-            admission = journey.admit(event_ids(item), seq_of(offset, position), item.ts)
-            if admission is Admission.NEW and isinstance(item, Touch):
-                journey.add_touch(item)
+            journey.admit(item, seq_of(offset, position), RETENTION)
         journey.pending.clear()  # conversions attributed: only their ids stay
         touches += len(journey.touches)
-        ids += len(journey.seen)
+        ids += len(journey.touches) + len(journey.ids)
         table[tid.decode()] = journey.to_row()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]

@@ -88,6 +88,7 @@ class Settings:
     log_level: str = "WARNING"
     worker_name: str = ""
     state_dir: str = ".run/state"
+    rocksdb_cache_mb: int = 128  # one block cache for every RocksDB database of the worker
     ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
     worker_intake: bool = True  # WORKER_INTAKE=off: the worker reads no input topic; `attribution intake` does
 
@@ -130,6 +131,7 @@ class Settings:
             log_level=reader.get("LOG_LEVEL", "WARNING", _log_level),
             worker_name=reader.get("WORKER_NAME", "", str),
             state_dir=reader.get("STATE_DIR", ".run/state", str),
+            rocksdb_cache_mb=reader.get("ROCKSDB_CACHE_MB", 128, _positive_int),
             ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
             worker_intake=reader.get("WORKER_INTAKE", "on", _on_off),
         )

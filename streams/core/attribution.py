@@ -25,7 +25,7 @@ class Touchpoint(NamedTuple):
     channel: str
     campaign: str
     affiliate_id: str | None
-    event_id: str
+    event_id: str | int  # or the 63-bit hash of it that journey state keeps: it only breaks ties in ts
 
 
 class Credit(NamedTuple):
@@ -54,7 +54,7 @@ class Lookback(NamedTuple):
     view_ms: int
 
 
-def order_key(touch: Touchpoint) -> tuple[int, bool, str]:
+def order_key(touch: Touchpoint) -> tuple[int, bool, str | int]:
     return (touch.ts, touch.kind == "p", touch.event_id)
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import faust
 import orjson
 
-CHANGELOG_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": str.encode}  # Faust's, for str keys
+# Faust's encodings of a changelog record (keys are str), and for values already packed bytes ("raw")
+KEY_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": str.encode}
+VALUE_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": bytes}
 
 
 class KeyPartitionedTable(faust.Table):
@@ -26,11 +28,17 @@ class KeyPartitionedTable(faust.Table):
     the events that made the rows are acknowledged.
 
     With STATE_STORE=rocksdb the rows live in `streams.kafka.rocksdb_store`, which finds a key's database by
-    `partition_for` too.
+    `partition_for` too, and writes a row to its files only once the broker has acknowledged its changelog
+    record (`send_batch` tells it).
     """
 
-    def __init__(self, *args: Any, partition_for: Callable[[str], int], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, partition_for: Callable[[str], int], value_codec: str = "json",
+        rocksdb_cache_bytes: int = 128 * 1024 * 1024, **kwargs: Any,
+    ) -> None:
+        self.rocksdb_cache_bytes = rocksdb_cache_bytes  # the store is made during Faust's __init__
         super().__init__(*args, **kwargs)
+        self.value_serializer = value_codec  # Faust takes it from value_type, and has none for packed bytes
         self.partition_for = partition_for
         self.recovered_callbacks: list[Callable[[set[int]], None]] = []
         self.unsent: dict[int, list[tuple[bytes, bytes | None]]] = {}
@@ -47,7 +55,7 @@ class KeyPartitionedTable(faust.Table):
             )
 
             return KeyPartitionedRocksDBStore(
-                url, self.app, self, table_name=self.name, key_type=self.key_type,
+                url, self.app, self, cache_bytes=self.rocksdb_cache_bytes, table_name=self.name, key_type=self.key_type,
                 key_serializer=self.key_serializer, value_serializer=self.value_serializer,
                 value_type=self.value_type, loop=self.loop, options=self.options,
             )
@@ -57,8 +65,8 @@ class KeyPartitionedTable(faust.Table):
         """Set each key to its row (None: delete it) now, and queue the changelog records in that order,
         encoded as Faust encodes this table's records, so that its recovery reads them back."""
         data = self.data
-        encode_key = CHANGELOG_CODECS[self.key_serializer]
-        encode_value = CHANGELOG_CODECS[self.value_serializer]
+        encode_key = KEY_CODECS[self.key_serializer]
+        encode_value = VALUE_CODECS[self.value_serializer]
         for key, row in rows.items():
             if row is None:
                 data.pop(key, None)
@@ -76,13 +84,27 @@ class KeyPartitionedTable(faust.Table):
             topic = self.changelog_topic.get_topic_name()
             while self.unsent:
                 partition, records = self.unsent.popitem()
-                batch = client.create_batch()
-                for key, value in records:
+                batch, start = client.create_batch(), 0
+                for n, (key, value) in enumerate(records):
                     if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                        self.deliveries.append(await client.send_batch(batch, topic, partition=partition))
-                        batch = client.create_batch()
+                        await self.send_batch(client, batch, topic, partition, records[start:n])
+                        batch, start = client.create_batch(), n
                         batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
-                self.deliveries.append(await client.send_batch(batch, topic, partition=partition))
+                await self.send_batch(client, batch, topic, partition, records[start:])
+
+    async def send_batch(
+        self, client: Any, batch: Any, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Send one record batch; a store that keeps rows until the broker has them (RocksDB) learns when."""
+        delivery = await client.send_batch(batch, topic, partition=partition)
+        self.deliveries.append(delivery)
+        acknowledged = getattr(self.data, "acknowledged", None)
+        if acknowledged is not None:
+            def on_delivery(future: asyncio.Future[Any]) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    acknowledged(partition, records, future.result().offset + len(records) - 1)
+
+            delivery.add_done_callback(on_delivery)
 
     def raise_failed_delivery(self) -> None:
         """A batch the broker refused stops the worker, as a failed Faust changelog write would."""

@@ -131,6 +131,19 @@ async def group_members(bootstrap: str, group: str) -> list[str]:
     )
 
 
+async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+    """The end offset (the next offset to be written) of every partition of these topics."""
+    counts = await partition_counts(bootstrap, topics)
+    partitions = [TopicPartition(topic, p) for topic, n in counts.items() for p in range(n)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_tails(bootstrap: str, topic: str, per_partition: int, timeout_s: float = 10.0) -> list[bytes]:
     """The values of the last `per_partition` records of each partition of `topic`, in offset order within a
     partition; what was read by `timeout_s` when the broker is slow (Tansu's end offsets can be wrong)."""

@@ -84,11 +84,12 @@ def build(
     wiring.attributions = app.topic(ATTRIBUTIONS_TOPIC, partitions=n)
     wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
-    wiring.journeys = _table(app, "journeys", n, wiring.partition_of)
-    wiring.partials = _table(app, "partials", n, lambda key: int(key.split("|", 1)[0]))
-    wiring.claims_table = _table(app, "claims", n, wiring.partition_of)
+    wiring.journeys = _table(app, settings, "journeys", wiring.partition_of, value_serializer="raw")  # packed rows
+    wiring.partials = _table(app, settings, "partials", lambda key: int(key.split("|", 1)[0]))
+    wiring.claims_table = _table(app, settings, "claims", wiring.partition_of)
     wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))
-    wiring.channel_windows = _table(app, "channel-windows", n, lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
+    wiring.channel_windows = _table(app, settings, "channel-windows",
+                                    lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
     if settings.prometheus_pushgateway:
@@ -100,11 +101,12 @@ def build(
         wiring.ltv_channel_inputs = app.topic(LTV_PARTIALS_TOPIC, METRICS_CHANNEL_TOPIC, key_type=bytes,
                                               value_type=bytes)
         wiring.metrics_ltv = app.topic(METRICS_LTV_TOPIC, partitions=n)
-        wiring.ltv_customers = _table(app, "ltv-customers", n, ltv.key_partition)
-        wiring.ltv_channels = _table(app, "ltv-channels", n, wiring.partition_of)
+        wiring.ltv_customers = _table(app, settings, "ltv-customers", ltv.key_partition)
+        wiring.ltv_channels = _table(app, settings, "ltv-channels", wiring.partition_of)
     wiring.signal_inputs = app.topic(METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC, key_type=bytes, value_type=bytes)
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
-    wiring.signal_keys = _table(app, "signal-keys", n, lambda key: signals.key_partition(key, wiring.partition_of))
+    wiring.signal_keys = _table(app, settings, "signal-keys",
+                                lambda key: signals.key_partition(key, wiring.partition_of))
 
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
         intake.register(wiring, session_timeout_s)
@@ -117,13 +119,17 @@ def build(
     return wiring
 
 
-def _table(app: faust.App, name: str, partitions: int, partition_for: Callable[[str], int]) -> KeyPartitionedTable:
+def _table(
+    app: faust.App, settings: Settings, name: str, partition_for: Callable[[str], int], value_serializer: str = "json"
+) -> KeyPartitionedTable:
     table = KeyPartitionedTable(
         app,
         name=name,
         default=None,
-        partitions=partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partitions=settings.topic_partitions,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=value_serializer),
+        value_codec=value_serializer,
+        rocksdb_cache_bytes=settings.rocksdb_cache_mb * 1024 * 1024,
         partition_for=partition_for,
         beacon=app.tables.beacon,
     )

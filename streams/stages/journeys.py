@@ -17,7 +17,7 @@ import orjson
 from streams.config import MODELS
 from streams.core.attribution import Affiliate, Lookback, commissions, credits, journey_for
 from streams.core.events import Lead, Order, Spend, Touch, from_row
-from streams.core.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, event_ids, seq_of
+from streams.core.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, Retention, row_facts, seq_of
 from streams.core.watermarks import SourceWatermarks
 from streams.core.windows import (
     CLICKS,
@@ -65,9 +65,7 @@ class JourneyStage:
         self.w = w
         s = w.settings
         self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
-        self.touch_horizon_ms = s.longest_lookback_ms + s.allowed_lateness_ms
-        self.click_horizon_ms = s.click_lookback_ms + s.allowed_lateness_ms
-        self.view_horizon_ms = s.view_lookback_ms + s.allowed_lateness_ms
+        self.retention = Retention.of(s)
         self.stream_time = 0  # the highest event time seen, here or reported by any intake
         self.sources = SourceWatermarks(stale_after_s=SOURCE_STALE_S)
         grace_s = s.attribution_grace_ms / 1000
@@ -95,9 +93,8 @@ class JourneyStage:
             self.sources.report(partition, message["src"], message["wm"], now, message.get("own"))
             self.stream_time = max(self.stream_time, message.get("mx", 0))
             self.grace.read(partition, offset, now)
-        dedup_window_ms = self.w.settings.dedup_window_ms
         for journey in journeys.values():
-            journey.prune(self.click_horizon_ms, self.view_horizon_ms, dedup_window_ms)
+            journey.prune(self.retention)
         self.w.journeys.put_rows({key: journey.to_row() for key, journey in journeys.items()})
         self.write_partials(partials)
         self.publish_counts()
@@ -122,21 +119,17 @@ class JourneyStage:
         journey = journeys.get(key)
         if journey is None:
             journey = journeys[key] = Journey.from_row(self.w.journeys.get(key))
-        admission = journey.admit(event_ids(item), seq, item.ts)
+        admission = journey.admit(item, seq, self.retention)
         if admission is Admission.DUPLICATE:
             self.counts.add(self.outcome[kind, "duplicate"])  # this one, or the later pending order it supersedes
-            if isinstance(item, Order) and journey.supersede_pending_order(item, seq):
+            if isinstance(item, Order) and journey.supersede_pending_order(item, seq, self.retention):
                 self.grace.add(partition, key, seq, item.ts, time.monotonic())
             return
         if admission is Admission.NEW and kind != "o":  # an order is judged ok once its order_id is held
             self.counts.add(self.outcome[kind, "ok"])
         if admission is Admission.NEW and kind in TOUCHES:  # conversions once attributed; spend comes late by design
             self.lags.append(max(0.0, now_ms - item.ts) / 1000)
-        if isinstance(item, Spend):
-            self.count_touch_or_spend(partition, seq, item, partials, admission)
-        elif isinstance(item, Touch):
-            if admission is Admission.NEW:
-                journey.add_touch(item)
+        if isinstance(item, Spend | Touch):
             self.count_touch_or_spend(partition, seq, item, partials, admission)
         elif admission is Admission.NEW:
             journey.add_pending(seq, item)
@@ -182,8 +175,10 @@ class JourneyStage:
         for key, row in list(self.w.journeys.data.items()):
             partition = self.w.partition_of(key)
             if partition in partitions and row:
-                newest = max(newest, row[-1])  # last_ts and pending end a journey row, whatever its form
-                found += [(seq, partition, key, conversion[2]) for seq, conversion in row[-2]]
+                last_ts, _, has_pending = row_facts(row)
+                newest = max(newest, last_ts)
+                if has_pending:
+                    found += [(seq, partition, key, conversion[2]) for seq, conversion in Journey.from_row(row).pending]
         self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
         now = time.monotonic()
         for seq, partition, key, ts in sorted(found):
@@ -421,10 +416,13 @@ class JourneyStage:
         chunk at a time (SWEEP_CHUNK); a journey written meanwhile by the agent is judged again."""
         s = self.w.settings
         topic = self.w.journey_events.get_topic_name()
-        cutoff = self.stream_time - max(self.touch_horizon_ms, s.dedup_window_ms)
+        stream_time = self.stream_time
 
         def expired(key: str, row: Any, assigned: set[int]) -> bool:
-            return bool(row) and not row[-2] and row[-1] < cutoff and self.w.partition_of(key) in assigned
+            if not row or self.w.partition_of(key) not in assigned:
+                return False
+            _, expires_at, has_pending = row_facts(row)
+            return not has_pending and expires_at < stream_time
 
         assigned = self.w.assigned(topic)
         keys = [key for key, row in list(self.w.journeys.data.items()) if expired(key, row, assigned)]

@@ -71,9 +71,8 @@ class SignalStage:
             if state.seen(message.partition, message.offset):
                 continue  # absorbed before a restart
             states[key] = state.absorb(value, window_ms, (message.partition, message.offset))
-        for key, state in states.items():
-            self.table[key] = state.to_row()
-            self.dirty.add(key)
+        self.table.put_rows({key: state.to_row() for key, state in states.items()})
+        self.dirty.update(states)
 
     async def judge(self) -> None:
         dirty, self.dirty = self.dirty | self.settling.waiting(), set()
@@ -91,7 +90,8 @@ class SignalStage:
             self.settling.forget(key)
             # Announce first, then remember: a crash in between announces again rather than never.
             await self.w.signals.send(key=state.key.encode(), value=orjson.dumps(verdict.message))
-            self.table[key] = verdict.state.to_row()
+            self.table.put_rows({key: verdict.state.to_row()})
+            await self.table.send_changes()
             self.set_gauge(key, verdict.state)
             log.info("signal %s: %s (%s)", state.key, verdict.message["action"], verdict.message["reason"])
 
@@ -107,7 +107,7 @@ class SignalStage:
         horizon = max(row[3] for row in rows.values()) - self.thresholds.window_ms - self.allowed_lateness_ms
         for key, row in rows.items():
             if row[3] < horizon:
-                del self.table[key]
+                self.table.put_rows({key: None})
                 self.dirty.discard(key)
                 self.settling.forget(key)
                 self.remove_gauge(key)
@@ -152,6 +152,7 @@ def register(w: Wiring) -> None:
         async with guard:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 stage.absorb_batch(await guard(batch))
+                await w.signal_keys.send_changes()  # before the batch's events are acknowledged
 
     @w.app.timer(JUDGE_INTERVAL_S, name="judge-signals")
     async def judge_signals() -> None:
@@ -160,3 +161,4 @@ def register(w: Wiring) -> None:
     @w.app.timer(SWEEP_INTERVAL_S, name="sweep-signal-keys")
     async def sweep() -> None:
         stage.sweep()
+        await w.signal_keys.send_changes()

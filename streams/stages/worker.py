@@ -9,6 +9,7 @@ import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+from typing import IO
 
 from streams.config import Settings
 from streams.serving.prometheus import configure_logging
@@ -48,12 +49,8 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
         store = open_store(settings.redis_url)
         wiring = build(settings, bootstrap, store, session_timeout, store if isinstance(store, RedisStore) else None)
         if settings.state_store == "rocksdb":
-            from streams.kafka.rocksdb_store import (
-                claim_empty_state_dir,  # Faust's RocksDB module only where it is used
-            )
-
             try:
-                wiring.state["state-dir-lock"] = claim_empty_state_dir(Path(wiring.app.conf.tabledir))
+                wiring.state["state-dir-lock"] = claim_rocksdb_files(bootstrap, Path(wiring.app.conf.tabledir))
             except RuntimeError as exc:  # rocksdict missing, or the directory in use
                 print(f"attribution worker: {exc}", file=sys.stderr)
                 return 1
@@ -67,6 +64,17 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def claim_rocksdb_files(bootstrap: str, tabledir: Path) -> IO[str]:
+    """Lock STATE_DIR's table files and keep those that can resume from their changelog's end."""
+    from streams.kafka.rocksdb_store import claim_state_dir  # Faust's RocksDB module only where it is used
+    from streams.kafka.topics import end_offsets
+    from streams.stages.topology import APP_ID, CHANGELOG_TOPICS, TABLES
+
+    ends = asyncio.run(end_offsets(bootstrap, CHANGELOG_TOPICS))
+    table_of = {f"{APP_ID}-{table}-changelog": table for table in TABLES}
+    return claim_state_dir(tabledir, {(table_of[topic], p): end for (topic, p), end in ends.items()})
 
 
 async def prepare_topics(bootstrap: str, settings: Settings) -> None:

@@ -109,7 +109,7 @@ async def assert_exact(broker: KafkaBroker, scenario: Scenario, report: dict[str
 async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing(
     broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess], state_store: str
 ) -> None:
-    env = worker_env(redis_url, STATE_STORE=state_store)  # rocksdb: files locked, emptied and refilled on restart
+    env = worker_env(redis_url, STATE_STORE=state_store)  # rocksdb: the restart resumes from its files
     worker = await started(make_worker(bootstrap=broker.bootstrap, env=env, name="solo"))
     scenario = Scenario(seed=1, events=EVENTS)
     producing = asyncio.create_task(produce_steps(broker.bootstrap, scenario.steps, pause=0.05))
@@ -124,6 +124,10 @@ async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing
     report = {"test": "kill -9", "store": state_store, "events": scenario.total_sent, "judged_at_kill": at_kill}
     await assert_exact(broker, scenario, report, worker)
     assert worker.alive
+    if state_store == "rocksdb":  # the killed worker's files were kept, not emptied and read again
+        journeys = sorted((worker.log_dir / "state-solo").rglob("journeys-*.db"))
+        assert journeys, "no journeys database under STATE_DIR"
+        assert "cannot resume" not in worker.log_path.read_text()
 
 
 async def test_a_killed_worker_s_partitions_are_taken_over_and_totals_stay_exact(

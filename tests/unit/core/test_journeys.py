@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.config import Settings
 from streams.core.attribution import Touchpoint
 from streams.core.events import Lead, Order, Touch
 from streams.core.journeys import (
+    ID_RECORD,
     MAX_SEEN_IDS,
     MAX_TOUCHES,
+    NARROW_ROW,
     SEQ_PER_MESSAGE,
     SPEND_KEY_PREFIX,
     SPEND_SHARDS,
+    WIDE,
     Admission,
     Journey,
+    Retention,
     event_ids,
     id_hash,
+    row_facts,
     seq_of,
     spend_key,
 )
@@ -36,8 +45,16 @@ def click(event_id: str, ts: int) -> Touch:
     return Touch("c", event_id, ts, "t1", "google_ads", "brand", None, 0.0)
 
 
-def admit(journey: Journey, event: Touch | Lead | Order, seq: int) -> Admission:
-    return journey.admit(event_ids(event), seq, event.ts)
+def impression(event_id: str, ts: int) -> Touch:
+    return Touch("i", event_id, ts, "t1", "meta_ads", "prospecting", None, 0.01)
+
+
+# every id kept for the dedup window, every touchpoint for the lookback: the tests below move one at a time
+RETENTION = Retention(click_ms=LOOKBACK, view_ms=LOOKBACK, event_id_ms=DEDUP, order_id_ms=DEDUP, dedup_ms=DEDUP)
+
+
+def admit(journey: Journey, event: Touch | Lead | Order, seq: int, retention: Retention = RETENTION) -> Admission:
+    return journey.admit(event, seq, retention)
 
 
 # --- admit: NEW, REPLAY, DUPLICATE ---
@@ -100,8 +117,8 @@ def test_an_order_is_judged_by_its_event_id_and_its_order_id() -> None:
 
 def test_an_event_id_never_collides_with_an_order_id_of_the_same_text() -> None:
     journey = Journey()
-    assert journey.admit(event_ids(click("A-1", T0)), seq=1, ts=T0) is Admission.NEW
-    assert journey.admit(event_ids(order("o1", "A-1")), seq=2, ts=T0) is Admission.NEW
+    assert admit(journey, click("A-1", T0), seq=1) is Admission.NEW
+    assert admit(journey, order("o1", "A-1"), seq=2) is Admission.NEW
 
 
 def test_a_sequence_is_the_input_offset_times_1024_plus_the_position_in_the_message() -> None:
@@ -145,7 +162,7 @@ def test_replaying_the_input_gives_replay_for_exactly_what_was_new_and_counts_no
         if expected is Admission.NEW:
             remembered |= set(ids)
         if restore:  # state restored from the changelog between events
-            journey = Journey.from_row(orjson.loads(orjson.dumps(journey.to_row())))
+            journey = Journey.from_row(journey.to_row())
         first.append(admit(journey, event, seq_of(100, position)))
         assert first[-1] is expected
     again = [admit(journey, event, seq_of(100, position)) for position, event in enumerate(events)]
@@ -155,12 +172,20 @@ def test_replaying_the_input_gives_replay_for_exactly_what_was_new_and_counts_no
 # --- touchpoints and pending conversions ---
 
 
-def test_a_touch_becomes_a_touchpoint_of_its_kind() -> None:
+def test_a_new_touch_becomes_a_touchpoint_of_its_kind_its_id_hash_breaking_ties() -> None:
     journey = Journey()
-    journey.add_touch(Touch("i", "i1", T0, "t1", "facebook", "retarget", None, 0.2))
-    journey.add_touch(Touch("c", "c1", T0 + 1, "t1", "affiliate", "(none)", "blog", 0.5))
-    assert journey.touchpoints() == [Touchpoint(T0, "i", "facebook", "retarget", None, "i1"),
-                                     Touchpoint(T0 + 1, "c", "affiliate", "(none)", "blog", "c1")]
+    admit(journey, Touch("i", "i1", T0, "t1", "facebook", "retarget", None, 0.2), 1)
+    admit(journey, Touch("c", "c1", T0 + 1, "t1", "affiliate", "(none)", "blog", 0.5), 2)
+    admit(journey, Touch("c", "c1", T0 + 1, "t1", "affiliate", "(none)", "blog", 0.5), 3)  # a duplicate
+    assert journey.touchpoints() == [Touchpoint(T0, "i", "facebook", "retarget", None, id_hash("e:i1")),
+                                     Touchpoint(T0 + 1, "c", "affiliate", "(none)", "blog", id_hash("e:c1"))]
+
+
+def test_a_conversion_or_spend_is_remembered_by_its_ids_not_as_a_touchpoint() -> None:
+    journey = Journey()
+    admit(journey, order("o1", "A-1"), 1)
+    admit(journey, Lead("l", "l1", T0, "t1", None), 2)
+    assert journey.touches == [] and len(journey.ids) == 3
 
 
 def test_a_pending_conversion_is_taken_once_by_its_sequence() -> None:
@@ -184,7 +209,7 @@ def test_an_earlier_order_arriving_after_its_reload_takes_the_pending_place() ->
     pending_order_with_its_ids(journey, reload, seq_of(10, 0))
     original = order("o1", "A-1", ts=T0)
     assert admit(journey, original, seq_of(11, 0)) is Admission.DUPLICATE
-    assert journey.supersede_pending_order(original, seq_of(11, 0))
+    assert journey.supersede_pending_order(original, seq_of(11, 0), RETENTION)
     assert journey.pending == [(seq_of(11, 0), list(original))]
     # read again after a restart, both are what they were: neither comes back
     assert admit(journey, original, seq_of(11, 0)) is Admission.REPLAY
@@ -196,22 +221,22 @@ def test_a_later_repeat_of_a_pending_order_does_not_supersede_it() -> None:
     original = order("o1", "A-1", ts=T0)
     pending_order_with_its_ids(journey, original, seq_of(10, 0))
     reload = order("o1-reload", "A-1", ts=T0 + 1_000)
-    assert not journey.supersede_pending_order(reload, seq_of(11, 0))
+    assert not journey.supersede_pending_order(reload, seq_of(11, 0), RETENTION)
     assert journey.pending == [(seq_of(10, 0), list(original))]
 
 
 def test_orders_of_one_order_id_at_the_same_ts_keep_the_smaller_event_id() -> None:
     journey = Journey()
     pending_order_with_its_ids(journey, order("b", "A-1"), seq_of(10, 0))
-    assert journey.supersede_pending_order(order("a", "A-1"), seq_of(11, 0))
+    assert journey.supersede_pending_order(order("a", "A-1"), seq_of(11, 0), RETENTION)
     assert [row[1] for _, row in journey.pending] == ["a"]
-    assert not journey.supersede_pending_order(order("c", "A-1"), seq_of(12, 0))
+    assert not journey.supersede_pending_order(order("c", "A-1"), seq_of(12, 0), RETENTION)
 
 
 def test_a_repeated_event_id_never_supersedes_even_with_an_earlier_ts() -> None:
     journey = Journey()
     pending_order_with_its_ids(journey, order("o1", "A-1", ts=T0 + 1_000), seq_of(10, 0))
-    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0))
+    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0), RETENTION)
     assert [seq for seq, _ in journey.pending] == [seq_of(10, 0)]
 
 
@@ -219,7 +244,7 @@ def test_an_order_id_no_longer_pending_is_not_superseded() -> None:
     journey = Journey()
     pending_order_with_its_ids(journey, order("o1-reload", "A-1", ts=T0 + 1_000), seq_of(10, 0))
     journey.take_pending(seq_of(10, 0))  # attributed already: too late to change
-    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0))
+    assert not journey.supersede_pending_order(order("o1", "A-1", ts=T0), seq_of(11, 0), RETENTION)
     assert journey.pending == []
 
 
@@ -262,112 +287,185 @@ def test_an_order_without_customer_id_never_has_an_earlier_order_pending() -> No
 def full_journey() -> Journey:
     journey = Journey()
     admit(journey, click("c1", T0 - HOUR), seq_of(1, 0))
-    journey.add_touch(click("c1", T0 - HOUR))
-    journey.add_touch(Touch("i", "i1", T0 - 2 * HOUR, "t1", "facebook", "(none)", None, 0.0))
+    admit(journey, Touch("i", "i1", T0 - 2 * HOUR, "t1", "facebook", "(none)", "blog", 0.0), seq_of(1, 1))
     admit(journey, order("o1", "A-1"), seq_of(2, 0))
     journey.add_pending(seq_of(2, 0), order("o1", "A-1"))
     return journey
 
 
-def test_a_journey_round_trips_through_its_row() -> None:
+def test_a_journey_round_trips_through_its_packed_row() -> None:
     journey = full_journey()
-    assert Journey.from_row(journey.to_row()) == journey
-
-
-def test_a_journey_round_trips_through_its_row_as_json() -> None:
-    journey = full_journey()
-    again = Journey.from_row(orjson.loads(orjson.dumps(journey.to_row())))
+    row = journey.to_row()
+    assert isinstance(row, bytes)
+    again = Journey.from_row(row)
     assert again == journey
     assert again.touchpoints() == journey.touchpoints()
     assert admit(again, order("o1", "A-1"), seq_of(2, 0)) is Admission.REPLAY
+    assert admit(again, click("c1", T0 - HOUR), seq_of(1, 0)) is Admission.REPLAY
+    assert admit(again, click("c1", T0 - HOUR), seq_of(3, 0)) is Admission.DUPLICATE
 
 
-def test_a_row_of_the_earlier_form_with_a_triple_per_id_is_read_the_same() -> None:
+def test_a_row_holds_each_name_once_and_a_fixed_record_per_touchpoint_and_per_id() -> None:
+    journey = Journey()
+    admit(journey, click("c1", T0), 1)
+    one_click = len(journey.to_row())
+    names = ("google_ads", "brand", "")  # "": no affiliate
+    assert one_click == NARROW_ROW.header.size + len(names) + sum(map(len, names)) + NARROW_ROW.touch.size
+    admit(journey, click("c2", T0 + 1), 2)  # same channel and campaign: no new name
+    admit(journey, Lead("l", "l1", T0 + 2, "t1", None), 3)
+    assert len(journey.to_row()) == one_click + NARROW_ROW.touch.size + ID_RECORD.size
+
+
+def test_a_row_too_large_for_byte_fields_is_wide_and_round_trips() -> None:
+    long_name = Journey()
+    admit(long_name, Touch("c", "c1", T0, "t1", "google_ads", "ü" * 200, "aff", 0.0), 1)  # 400 bytes of UTF-8
+    many_touches = Journey()
+    for i in range(300):
+        admit(many_touches, click(f"c{i}", T0 + i), i)
+    many_ids = Journey()
+    for i in range(300):
+        admit(many_ids, Lead("l", f"l{i}", T0, "t1", None), i)
+    for journey in (long_name, many_touches, many_ids):
+        row = journey.to_row()
+        assert row[0] & WIDE
+        assert Journey.from_row(row) == journey
+    assert long_name.touchpoints()[0].campaign == "ü" * 200
+    assert not full_journey().to_row()[0] & WIDE
+
+
+def test_a_row_of_the_earlier_json_forms_is_read_with_its_touchpoints_ids_and_pending() -> None:
+    touches = [[T0 - HOUR, "c", "google_ads", "brand", None, "c1"],
+               [T0 - 2 * HOUR, "i", "facebook", "(none)", "blog", "i1"]]
+    seen = {id_hash("e:c1"): (seq_of(1, 0), T0 - HOUR), id_hash("e:i1"): (seq_of(1, 1), T0 - 2 * HOUR),
+            id_hash("e:o1"): (seq_of(2, 0), T0), id_hash("o:A-1"): (seq_of(2, 0), T0)}
+    pending = [[seq_of(2, 0), list(order("o1", "A-1"))]]
+    triples = [touches, [[h, seq, ts] for h, (seq, ts) in seen.items()], pending, T0]
+    columns = [touches, list(seen), [list(mark) for mark in seen.values()], pending, T0]
+    for earlier in (triples, columns):
+        journey = Journey.from_row(orjson.dumps(earlier))  # as the changelog hands it back: bytes
+        assert journey.touchpoints() == full_journey().touchpoints()
+        assert journey.pending == full_journey().pending and journey.last_ts == T0
+        assert admit(journey, order("o1", "A-1"), seq_of(2, 0)) is Admission.REPLAY
+        assert admit(journey, click("c1", T0 - HOUR), seq_of(1, 0)) is Admission.REPLAY
+        assert Journey.from_row(journey.to_row()) == journey
+
+
+def test_row_facts_reads_last_ts_expiry_and_pending_from_the_header_in_every_form() -> None:
     journey = full_journey()
-    earlier = [[list(t) for t in journey.touches], [[h, seq, ts] for h, (seq, ts) in journey.seen.items()],
-               [[seq, row] for seq, row in journey.pending], journey.last_ts]
-    assert Journey.from_row(orjson.loads(orjson.dumps(earlier))) == journey
+    facts = (T0, journey.expires_s * 1000, True)
+    assert row_facts(journey.to_row()) == facts
+    journey.take_pending(seq_of(2, 0))
+    assert row_facts(journey.to_row()) == (T0, journey.expires_s * 1000, False)
+    earlier = [[], [], [[1, list(order("o1", "A-1"))]], T0]
+    assert row_facts(orjson.dumps(earlier))[::2] == (T0, True)
 
 
-def test_a_row_ends_with_pending_and_last_ts_in_both_forms() -> None:
-    """What the sweep and recovery read from a row without decoding it."""
-    journey = full_journey()
-    row = journey.to_row()
-    assert (row[-2], row[-1]) == ([[seq_of(2, 0), list(order("o1", "A-1"))]], T0)
+def test_a_journey_from_no_row_is_empty_and_an_unknown_version_is_refused() -> None:
+    assert Journey.from_row(None) == Journey() == Journey.from_row(b"")
+    with pytest.raises(ValueError, match="unknown version"):
+        Journey.from_row(b"\x09" + Journey().to_row()[1:])
 
 
-def test_a_journey_from_no_row_is_empty() -> None:
-    assert Journey.from_row(None) == Journey() == Journey.from_row([])
+# --- retention and pruning, by event time ---
 
 
-# --- pruning and expiry, by event time ---
+def retention(**changes: int) -> Retention:
+    return replace(RETENTION, **changes)
 
 
-def test_prune_forgets_touchpoints_older_than_the_horizon_by_event_time() -> None:
+def test_retention_from_the_settings_keeps_what_a_conversion_or_a_repeat_could_still_change() -> None:
+    s = Settings()
+    r = Retention.of(s)
+    open_ms = s.metrics_window_ms + s.allowed_lateness_ms
+    assert r.click_ms == s.click_lookback_ms + open_ms and r.view_ms == s.view_lookback_ms + open_ms
+    assert r.event_id_ms == open_ms and r.order_id_ms == r.dedup_ms == s.dedup_window_ms
+    assert Retention.of(replace(s, dedup_window_ms=HOUR)).event_id_ms == HOUR  # never past DEDUP_WINDOW
+
+
+def test_prune_forgets_impressions_and_clicks_at_their_own_horizons() -> None:
     journey = Journey()
-    for event_id, ts in (("old", T0 - LOOKBACK - 1), ("edge", T0 - LOOKBACK), ("new", T0)):
-        admit(journey, click(event_id, ts), seq_of(ts, 0))
-        journey.add_touch(click(event_id, ts))
-    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert [t.event_id for t in journey.touchpoints()] == ["edge", "new"]
+    r = retention(click_ms=LOOKBACK, view_ms=DAY)
+    events = (impression("i-old", T0 - DAY - 1), impression("i-edge", T0 - DAY), click("c-old", T0 - DAY - 1),
+              click("c-gone", T0 - LOOKBACK - 1), click("now", T0))
+    for n, event in enumerate(events):
+        admit(journey, event, n, r)
+    journey.prune(r)
+    assert [t.event_id for t in journey.touchpoints()] == [id_hash(f"e:{i}") for i in ("c-old", "i-edge", "now")]
+    assert journey.names == ["google_ads", "brand", "", "meta_ads", "prospecting"]  # only names still used
 
 
-def test_prune_forgets_ids_older_than_the_dedup_window_by_event_time() -> None:
+def test_an_event_id_goes_when_its_window_closes_an_order_id_at_the_dedup_window() -> None:
     journey = Journey()
-    admit(journey, click("old", T0 - DEDUP - 1), seq_of(1, 0))
-    admit(journey, click("edge", T0 - DEDUP), seq_of(2, 0))
-    admit(journey, click("new", T0), seq_of(3, 0))
-    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert admit(journey, click("old", T0), seq_of(4, 0)) is Admission.NEW
-    assert admit(journey, click("edge", T0), seq_of(5, 0)) is Admission.DUPLICATE
+    r = retention(event_id_ms=HOUR)
+    admit(journey, order("o1", "A-1"), 1, r)
+    admit(journey, Lead("l", "l1", T0, "t1", None), 2, r)
+    admit(journey, click("later", T0 + HOUR + 1000), 3, r)
+    journey.prune(r)
+    assert set(journey.ids) == {id_hash("o:A-1")}
+    assert admit(journey, order("o2", "A-1", ts=T0 + 2 * HOUR), 4, r) is Admission.DUPLICATE
+    admit(journey, click("much-later", T0 + DEDUP + 1000), 5, r)
+    journey.prune(r)
+    assert journey.ids == {}
 
 
-def impression(event_id: str, ts: int) -> Touch:
-    return Touch("i", event_id, ts, "t1", "meta_ads", "prospecting", None, 0.01)
-
-
-def test_prune_forgets_impressions_at_the_view_horizon_and_clicks_at_the_click_horizon() -> None:
+def test_a_touchpoint_kept_past_the_dedup_window_no_longer_makes_a_repeat_duplicate() -> None:
     journey = Journey()
-    view = 1 * DAY
-    for event in (impression("i-old", T0 - view - 1), impression("i-edge", T0 - view), click("c-old", T0 - view - 1)):
-        admit(journey, event, seq_of(event.ts, 0))
-        journey.add_touch(event)
-    admit(journey, click("now", T0), seq_of(T0, 0))
-    journey.prune(LOOKBACK, view, DEDUP)
-    assert [t.event_id for t in journey.touchpoints()] == ["i-edge", "c-old"]
+    admit(journey, click("c1", T0 - DEDUP - 1), 1)
+    admit(journey, click("c2", T0), 2)
+    assert len(journey.touches) == 2  # the click can still win a conversion: LOOKBACK > DEDUP
+    assert journey.judge([id_hash("e:c1")], 3, DEDUP) is Admission.NEW
+    assert journey.judge([id_hash("e:c2")], 3, DEDUP) is Admission.DUPLICATE
 
 
-def test_a_hot_tracking_id_keeps_only_its_latest_touchpoints() -> None:
+def test_a_hot_tracking_id_keeps_its_latest_touchpoints_and_the_ids_of_the_others_until_their_window_closes() -> None:
     journey = Journey()
+    r = retention(event_id_ms=HOUR)
     stamps = [T0 - i for i in range(MAX_TOUCHES + 50)]  # newest first: arrival order is not ts order
     for i, ts in enumerate(stamps):
-        event = click(f"c{i}", ts)
-        admit(journey, event, seq_of(i, 0))
-        journey.add_touch(event)
-    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert len(journey.touches) == MAX_TOUCHES
+        admit(journey, click(f"c{i}", ts), seq_of(i, 0), r)
+    journey.prune(r)
+    assert len(journey.touches) == MAX_TOUCHES and len(journey.ids) == 50
     assert min(t.ts for t in journey.touchpoints()) == T0 - MAX_TOUCHES + 1
+    assert admit(journey, click(f"c{MAX_TOUCHES + 49}", T0), seq_of(10**6, 0), r) is Admission.DUPLICATE
+    admit(journey, impression("next-hour", T0 + HOUR + 1000), seq_of(10**6, 1), r)
+    journey.prune(r)
+    assert journey.ids == {}
 
 
 def test_a_hot_tracking_id_forgets_its_oldest_ids_first_and_stays_small() -> None:
     journey = Journey()
     for i in range(MAX_SEEN_IDS + 100):
-        admit(journey, click(f"c{i}", T0), seq_of(i, 0))
-    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert len(journey.seen) == MAX_SEEN_IDS
-    assert admit(journey, click("c0", T0), seq_of(10**6, 0)) is Admission.NEW  # forgotten: the oldest
-    assert admit(journey, click(f"c{MAX_SEEN_IDS + 99}", T0), seq_of(10**6, 1)) is Admission.DUPLICATE
-    assert len(orjson.dumps(journey.to_row())) < 512 * 1024  # far below Kafka's 1 MiB message limit
+        admit(journey, Lead("l", f"l{i}", T0, "t1", None), seq_of(i, 0))
+    journey.prune(RETENTION)
+    assert len(journey.ids) == MAX_SEEN_IDS
+    assert admit(journey, Lead("l", "l0", T0, "t1", None), seq_of(10**6, 0)) is Admission.NEW  # the oldest: gone
+    assert admit(journey, Lead("l", f"l{MAX_SEEN_IDS + 99}", T0, "t1", None), seq_of(10**6, 1)) is Admission.DUPLICATE
 
 
 def test_a_full_journey_row_stays_far_below_the_kafka_message_limit() -> None:
     journey = Journey()
     for i in range(MAX_SEEN_IDS * 2):
-        event = Touch("c", f"click-{i:012d}-{'x' * 40}", T0 - i, "t" * 128, "c" * 64, "k" * 128, "a" * 64, 1.5)
+        event = Touch("c", f"click-{i:012d}-{'x' * 40}", T0 - i, "t" * 128, f"c{i}" * 30, "k" * 256, "a" * 128, 1.5)
         admit(journey, event, seq_of(10**9 + i, 1023))
-        journey.add_touch(event)
-    journey.prune(LOOKBACK, LOOKBACK, DEDUP)
-    assert len(orjson.dumps(journey.to_row())) < 768 * 1024
+    for i in range(MAX_SEEN_IDS * 2):
+        admit(journey, order(f"order-{i}", f"A-{i}"), seq_of(2 * 10**9 + i, 1023))
+    journey.prune(RETENTION)
+    row = journey.to_row()
+    assert len(row) < 256 * 1024  # Kafka's message limit is 1 MiB
+    assert Journey.from_row(row) == journey
+
+
+def test_a_hot_tracking_id_with_the_longest_names_keeps_a_row_far_below_the_kafka_message_limit() -> None:
+    journey = Journey()
+    for i in range(MAX_TOUCHES * 2):
+        longest = f"{i:06d}"
+        event = Touch("c", f"c{i}", T0 + i, "t1", longest + "ш" * 58, longest + "ш" * 250, longest + "ш" * 122, 0.0)
+        admit(journey, event, seq_of(i, 0))
+    journey.prune(RETENTION)
+    row = journey.to_row()
+    assert len(row) < 512 * 1024
+    assert min(t.ts for t in journey.touchpoints()) > T0 + MAX_TOUCHES  # the newest stay
+    assert admit(journey, click("c0", T0), seq_of(10**6, 0)) is Admission.DUPLICATE  # the others' ids too
 
 
 def test_spend_rows_of_a_channel_spread_over_its_shards_by_event_id() -> None:
@@ -381,10 +479,9 @@ def test_spend_rows_of_a_channel_spread_over_its_shards_by_event_id() -> None:
 def test_prune_does_nothing_while_event_time_stands_still() -> None:
     journey = Journey()
     admit(journey, click("c1", T0 - 100 * DAY), seq_of(1, 0))
-    journey.add_touch(click("c1", T0 - 100 * DAY))
     before = Journey.from_row(journey.to_row())
     for _ in range(3):  # however much wall-clock time passes between prunes
-        journey.prune(LOOKBACK, LOOKBACK, DEDUP)
+        journey.prune(RETENTION)
     assert journey == before
 
 
@@ -395,15 +492,23 @@ def test_an_old_event_admitted_late_does_not_move_event_time_back() -> None:
     assert journey.last_ts == T0
 
 
-def test_a_journey_expires_when_nothing_happened_within_the_horizon_and_nothing_is_pending() -> None:
+def test_a_journey_expires_when_stream_time_passes_whatever_it_keeps_longest() -> None:
     journey = Journey()
-    admit(journey, click("c1", T0), seq_of(1, 0))
-    assert not journey.is_expired(T0 + LOOKBACK, LOOKBACK)
-    assert journey.is_expired(T0 + LOOKBACK + 1, LOOKBACK)
+    r = retention(click_ms=LOOKBACK, view_ms=DAY, order_id_ms=DEDUP, event_id_ms=HOUR)
+    admit(journey, impression("i1", T0), 1, r)
+    assert not journey.is_expired(T0 + DAY) and journey.is_expired(T0 + DAY + 1000)
+    admit(journey, order("o1", "A-1"), 2, r)  # its order_id is kept for the dedup window
+    assert not journey.is_expired(T0 + DEDUP) and journey.is_expired(T0 + DEDUP + 1000)
+    admit(journey, click("c1", T0), 3, r)
+    assert not journey.is_expired(T0 + LOOKBACK) and journey.is_expired(T0 + LOOKBACK + 1000)
+    admit(journey, click("c2", T0 + 10 * DAY), 4, r)
+    journey.prune(r)
+    assert journey.is_expired(T0 + 10 * DAY + LOOKBACK + 1000)
+    assert Journey.from_row(journey.to_row()).expires_s == journey.expires_s
 
 
 def test_a_journey_with_a_pending_conversion_never_expires() -> None:
     journey = Journey()
     admit(journey, order(), seq_of(1, 0))
     journey.add_pending(seq_of(1, 0), order())
-    assert not journey.is_expired(T0 + 1000 * DAY, LOOKBACK)
+    assert not journey.is_expired(T0 + 1000 * DAY)

@@ -15,6 +15,7 @@ from streams.core.kpis import Figures, metrics_message, romi
 from streams.core.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
+from tests.fakes import FakeTable
 
 H = 3_600_000
 W = 60_000
@@ -215,12 +216,6 @@ def test_state_round_trips_through_json_and_remembers_its_offset() -> None:
 
 
 # --- the stage: judged once per tick, gauges, replays -----------------------------------------------------
-
-
-class FakeTable(dict):
-    @property
-    def data(self) -> FakeTable:
-        return self
 
 
 class FakeTopic:

@@ -10,12 +10,22 @@ from typing import Any
 import pytest
 
 from streams.config import Settings
+from streams.core.events import Touch
+from streams.core.journeys import Journey, Retention
 from streams.serving.store import open_store
 from streams.stages.app import build
 from streams.stages.topology import Wiring
 
 KEYS = ["bv123", "12345-abc", "ünïcode visitor", "\x00spend/google_ads/7", '"quoted"']
-ROW = [[[1763800000000, "c", "google_ads", "brand", None, "c1"]], [123], [[1024, 1763800000000]], [], 1763800000000]
+JOURNEY = Journey()
+JOURNEY.admit(Touch("c", "c1", 1763800000000, "bv", "google_ads", "brand", None, 0.0), 1024, Retention.of(Settings()))
+# the journeys table holds packed bytes; the other tables JSON rows (claims here: any key goes to its partition)
+ROWS = {"journeys": JOURNEY.to_row(), "claims": ["holder", 1763800000000]}
+
+
+@pytest.fixture(params=sorted(ROWS))
+def table_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -23,40 +33,43 @@ def wiring() -> Iterator[Wiring]:
     yield build(Settings.from_env({"TOPIC_PARTITIONS": "4"}), "127.0.0.1:1", open_store(None))
 
 
-def queued(wiring: Wiring) -> dict[int, list[tuple[bytes, bytes | None]]]:
-    table = wiring.journeys
+def table_of(wiring: Wiring, name: str) -> Any:
+    return {"journeys": wiring.journeys, "claims": wiring.claims_table}[name]
+
+
+def queued(table: Any) -> dict[int, list[tuple[bytes, bytes | None]]]:
     out, table.unsent = table.unsent, {}
     return out
 
 
-def test_bulk_records_are_encoded_as_faust_encodes_the_table_s_own(wiring: Wiring) -> None:
-    table = wiring.journeys
+def test_bulk_records_are_encoded_as_faust_encodes_the_table_s_own(wiring: Wiring, table_name: str) -> None:
+    table, ROW = table_of(wiring, table_name), ROWS[table_name]
     topic = table.changelog_topic
     table.put_rows(dict.fromkeys(KEYS, ROW))
-    records = queued(wiring)
+    records = queued(table)
     for key in KEYS:
         key_bytes, _ = topic.prepare_key(key, table.key_serializer, topic.schema, {})
         value_bytes, _ = topic.prepare_value(ROW, table.value_serializer, topic.schema, {})
         assert (key_bytes, value_bytes) in records[table.partition_for(key)]
 
 
-def test_bulk_records_decode_to_the_key_and_row_on_recovery(wiring: Wiring) -> None:
-    table = wiring.journeys
+def test_bulk_records_decode_to_the_key_and_row_on_recovery(wiring: Wiring, table_name: str) -> None:
+    table, ROW = table_of(wiring, table_name), ROWS[table_name]
     serializers = wiring.app.serializers
     table.put_rows(dict.fromkeys(KEYS, ROW))
     decoded: dict[Any, Any] = {}
-    for records in queued(wiring).values():
+    for records in queued(table).values():
         for key_bytes, value_bytes in records:
             key = serializers.loads_key(str, key_bytes, serializer=table.key_serializer)
             decoded[key] = serializers.loads_value(None, value_bytes, serializer=table.value_serializer)
     assert decoded == dict.fromkeys(KEYS, ROW)
 
 
-def test_a_key_goes_to_its_partition_in_the_order_put_and_none_is_a_tombstone(wiring: Wiring) -> None:
-    table = wiring.journeys
+def test_a_key_goes_to_its_partition_in_the_order_put_and_none_is_a_tombstone(wiring: Wiring, table_name: str) -> None:
+    table, ROW = table_of(wiring, table_name), ROWS[table_name]
     table.put_rows({"v1": ROW})
     table.put_rows({"v1": None, "v2": ROW})
     assert "v1" not in table.data and table.data["v2"] == ROW
-    records = queued(wiring)
+    records = queued(table)
     v1 = [value for key, value in records[table.partition_for("v1")] if key == b'"v1"']
     assert v1 == [table.changelog_topic.prepare_value(ROW, table.value_serializer, None, {})[0], None]
