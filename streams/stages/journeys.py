@@ -172,7 +172,7 @@ class JourneyStage:
         restart stays closed after it (the same clamp as `absorb`)."""
         found = []
         newest = 0
-        for key, row in list(self.w.journeys.data.items()):
+        for key, row in self.w.journeys.data.items():  # no await inside: nothing writes meanwhile
             partition = self.w.partition_of(key)
             if partition in partitions and row:
                 last_ts, _, has_pending = row_facts(row)
@@ -425,7 +425,7 @@ class JourneyStage:
             return not has_pending and expires_at < stream_time
 
         assigned = self.w.assigned(topic)
-        keys = [key for key, row in list(self.w.journeys.data.items()) if expired(key, row, assigned)]
+        keys = [key for key, row in self.w.journeys.data.items() if expired(key, row, assigned)]  # RocksDB: streamed
         for start in range(0, len(keys), SWEEP_CHUNK):
             assigned = self.w.assigned(topic)
             chunk = keys[start : start + SWEEP_CHUNK]
