@@ -75,6 +75,7 @@ class KeyPartitionedRocksDBStore(FaustRocksDBStore):
             use_rocksdict=True,
         )
         self.unacked: dict[int, dict[bytes, bytes | None]] = {}
+        self.acked_offsets: dict[int, int] = {}  # partition -> the last changelog offset written to its database
 
     def _partition(self, key: bytes) -> int:
         return self.table.partition_for(self._decode_key(key))
@@ -102,8 +103,9 @@ class KeyPartitionedRocksDBStore(FaustRocksDBStore):
         import rocksdict
 
         db = self._dbs.get(partition)
-        if db is None:
-            return
+        if db is None or last_offset <= self.acked_offsets.get(partition, -1):
+            return  # given away, or older than what is written (the client completes a partition's batches in order)
+        self.acked_offsets[partition] = last_offset
         batch = rocksdict.WriteBatch(raw_mode=True)
         waiting = self.unacked.get(partition, {})
         for key, value in records:
@@ -140,6 +142,7 @@ class KeyPartitionedRocksDBStore(FaustRocksDBStore):
         for tp in tps:
             if tp.topic in table.changelog_topic.topics:
                 self.unacked.pop(tp.partition, None)
+                self.acked_offsets.pop(tp.partition, None)
         super().revoke_partitions(table, tps)
 
     def _visible_items_of(self, partition: int, db: Any) -> Iterator[tuple[bytes, bytes]]:

@@ -50,11 +50,11 @@ def test_every_table_of_a_rocksdb_worker_uses_the_key_partitioned_store(wiring: 
 
 
 def acknowledge_all(table: Any) -> None:
-    """What the delivery callbacks of `send_changes` do once the broker has the records: offsets from 100. The
+    """What the delivery callbacks of `send_changes` do once the broker has the records: offsets from 100 on. The
     partitions' databases are open, as Faust opens those of the partitions assigned to the worker."""
     for partition, records in table.unsent.items():
         table.data._db_for_partition(partition)
-        table.data.acknowledged(partition, records, 100 + len(records) - 1)
+        table.data.acknowledged(partition, records, table.data.acked_offsets.get(partition, 99) + len(records))
     table.unsent = {}
 
 
@@ -185,3 +185,15 @@ def test_recovery_writes_each_partition_s_records_with_their_last_offset(wiring:
     assert in_files(store, KEYS[0]) is None and in_files(store, KEYS[1]) == ROW
     changelog = table.changelog_topic.get_topic_name()
     assert store.persisted_offset(TP(changelog, p1)) == 11 and store.persisted_offset(TP(changelog, p2)) == 4
+
+
+def test_an_acknowledgement_older_than_what_is_written_changes_nothing(wiring: Wiring) -> None:
+    table = wiring.journeys
+    newer = Journey.from_row(ROW)
+    newer.last_ts += 1
+    store, partition = table.data, table.partition_for("v1")
+    store._db_for_partition(partition)
+    store.acknowledged(partition, [(store._encode_key("v1"), newer.to_row())], 9)
+    store.acknowledged(partition, [(store._encode_key("v1"), ROW)], 8)
+    assert in_files(store, "v1") == newer.to_row()
+    assert store.persisted_offset(TP(table.changelog_topic.get_topic_name(), partition)) == 9
