@@ -1,6 +1,7 @@
 """End-to-end benchmark of the engine on a real Apache Kafka broker (`make bench`).
 
-    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory,ltv-cost] [--wait-load SECONDS]
+    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory,ltv-cost,state]
+                        [--wait-load SECONDS]
 
 Everything runs on this machine, each scenario on its own broker (free port, temp data dir):
 
@@ -25,7 +26,10 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
    lifetime-value stage (bench/memory.py).
 6. ltv-cost: the throughput measure of 1./2. (batched), with the lifetime-value stage and with LTV_STAGE=off, on
    the same data, for the realistic mix and an order-heavy one (bench/ltv_cost.py).
-7. with --profile, after the rest: py-spy samples a worker through a throughput run of each shape and a
+7. state: a real worker's state at 100k and 1M typical visitors (10k and 100k with --quick), in memory and
+   in RocksDB: RSS, disk and journeys changelog bytes per visitor, and the time from a kill -9 to the first
+   attribution of the restarted worker (bench/state.py).
+8. with --profile, after the rest: py-spy samples a worker through a throughput run of each shape and a
    5,000/s lag phase (bench/profile.py says where its time goes).
 
 Compare figures only within one run (ratios): the machine is shared. Before measuring it waits (up to
@@ -55,8 +59,15 @@ from bench.profile import summarize as summarize_profile
 from tests.integration.services import fetch_kafka
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
-SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory", "## Engine profile")
+SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory", "## State at scale",
+            "## Engine profile")
 DEFAULT_SCALE_RUNS = "1:0,2:0,1:1"  # workers:intake processes, in order (0: each worker reads the inputs itself)
+STATE_VISITORS = (100_000, 1_000_000)  # bench/state.py's V (--quick: a tenth; --scale multiplies them)
+STATE_STORES = ["memory", "rocksdb"]
+
+
+def state_visitors(quick: bool, scale: float) -> list[int]:
+    return [max(1, int(v * scale / (10 if quick else 1))) for v in STATE_VISITORS]
 
 
 # --- the whole run ---------------------------------------------------------------------------------------
@@ -66,7 +77,7 @@ async def run_all(run: Run) -> None:
     sizes, results, now_ms = run.sizes, run.results, int(time.time() * 1000)
     start_ms, span_ms = now_ms - 70 * 60_000, 60 * 60_000  # an hour of event time ending 10 min ago
     wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "memory",
-                                                                  "ltv-cost"}
+                                                                  "ltv-cost", "state"}
 
     if "single" in wanted:
         broker = await run.broker("single", 4)
@@ -129,6 +140,14 @@ async def run_all(run: Run) -> None:
 
         results["memory"] = await asyncio.to_thread(measure_memory, sizes.memory_ids, sizes.memory_typical, say)
 
+    if "state" in wanted:
+        from bench.state import run as measure_state
+
+        visitors = state_visitors(run.args.quick, run.args.scale)
+        say(f"state: {', '.join(f'{v:,}' for v in visitors)} visitors, stores {', '.join(STATE_STORES)} "
+            "(progress on stderr) ...")
+        results["state"] = await measure_state(visitors, STATE_STORES, run.tmp, run.procs)
+
     if run.args.profile:
         results["profile"] = {}
 
@@ -173,10 +192,10 @@ def scale_runs(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="End-to-end engine benchmark.")
-    parser.add_argument("--quick", action="store_true", help="smaller N and shorter phases (~3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller N, shorter phases (~3 minutes, more with state)")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
     parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory,"
-                        "ltv-cost (another name, e.g. 'profile' with --profile, runs none of them)")
+                        "ltv-cost,state (another name, e.g. 'profile' with --profile, runs none of them)")
     parser.add_argument("--ltv-rounds", type=int, default=1,
                         help="ltv-cost: rounds per mix of a run with and one without the LTV stage (default 1)")
     parser.add_argument("--ltv-sequential", action="store_true",
