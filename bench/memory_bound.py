@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 from aiokafka import AIOKafkaProducer
 
+from bench.state import rss, say, state
 from tests.integration.services import KafkaBroker, WorkerProcess, fetch_kafka
 
 PARTITIONS = 4
@@ -48,18 +46,6 @@ ENV = {
 MiB = 2**20
 
 
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def rss(worker: WorkerProcess) -> int:
-    process = psutil.Process(worker.pid)
-    return process.memory_info().rss + sum(child.memory_info().rss for child in process.children(recursive=True))
-
-
-def state(worker: WorkerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/api/v1/state", timeout=10) as response:  # noqa: S310
-        return orjson.loads(response.read())
 
 
 async def wait_state(worker: WorkerProcess, done: Any, what: str, timeout: float) -> dict[str, Any]:

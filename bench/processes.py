@@ -31,6 +31,17 @@ def say(text: str) -> None:
     print(f"[{time.monotonic() - STARTED:6.1f}s] {text}", flush=True)
 
 
+def group_rss(leader: int) -> int:
+    """Resident memory of a process group (a worker is a session leader: its pid is the group's), from /proc."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == leader:
+                total += int((stat.parent / "statm").read_text().split()[1]) * page
+    return total
+
+
 # --- processes and CPU accounting -----------------------------------------------------------------
 
 

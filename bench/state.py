@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -54,7 +53,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import data
-from bench.processes import BenchError, Processes, machine
+from bench.processes import BenchError, Processes, group_rss, machine
 from bench.worker_http import events_total, scrape
 from streams.kafka.topics import ATTRIBUTIONS_TOPIC, make_producer, partition_counts
 from streams.stages.topology import APP_ID, CHANGELOG_TOPICS
@@ -79,15 +78,8 @@ def say(text: str) -> None:
 
 
 def rss(worker: WorkerProcess) -> int:
-    """Resident memory of the worker's process group (it is a session leader), from /proc: bench/memory_bound.py
-    asks psutil, which is not among the project's dependencies."""
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == worker.pid:  # the process group
-                total += int((stat.parent / "statm").read_text().split()[1]) * page
-    return total
+    assert worker.pid is not None
+    return group_rss(worker.pid)
 
 
 def state(worker: WorkerProcess) -> dict[str, Any]:
