@@ -34,6 +34,11 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
 
     configure_logging(settings.log_level)
     gc.set_threshold(*GC_THRESHOLDS)
+    try:  # Faust creates its data directory but not the parents: a fresh clone has no .run/
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"attribution worker: STATE_DIR={settings.state_dir} cannot be created: {exc}", file=sys.stderr)
+        return 1
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         session_timeout = settings.kafka_session_timeout_ms / 1000

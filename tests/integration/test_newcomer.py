@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -26,7 +27,7 @@ from streams.core.affiliates import Affiliate, parse_affiliate
 from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, validate
 from streams.core.kpis import Figures, metrics_message
 from streams.kafka.topics import AFFILIATES_TOPIC, METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, ensure_topics
-from tests.integration.services import consume_all, produce
+from tests.integration.services import WorkerProcess, consume_all, produce
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +208,27 @@ def test_top_once_renders_the_figures_on_the_metric_topic(kafka_bootstrap: str) 
     assert last_rows[tiktok][:4] == [tiktok, "pause", "5,000", "20"]
     assert last_rows[tiktok][7] == "35.00"
     assert last_rows[google][2:8] == ["900", "30", "3", "2", "150.00", "60.00"]
+
+
+def test_a_worker_in_a_fresh_clone_creates_its_state_dir(
+    kafka_bootstrap: str, redis_url: str, make_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A fresh clone has no `.run/`: the default STATE_DIR's parent is missing (it crashed with FileNotFoundError)."""
+    state_dir = tmp_path / "clone" / ".run" / "state"
+    worker = make_worker(bootstrap=kafka_bootstrap, env={"STATE_DIR": str(state_dir), "REDIS_URL": redis_url},
+                         name="fresh-clone")
+    worker.wait_http("/api/v1/state", 90)
+    assert state_dir.is_dir() and worker.alive
+
+
+def test_a_worker_whose_state_dir_cannot_be_made_says_which_and_why(kafka_bootstrap: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "STATE_DIR": str(blocker / "state"),
+           "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(  # noqa: S603 - our own command
+        [sys.executable, "-m", "streams.commands.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"STATE_DIR={blocker / 'state'} cannot be created" in result.stderr
