@@ -249,17 +249,19 @@ def memory_section(memory: dict[str, Any], info: dict[str, Any]) -> str:
     per_touch = memory["traced_bytes_per_touch"]
     out += [
         "",
-        "- **Per remembered event id** (dedup memory: its hash in the row's list of hashes, its `[seq, ts]` in "
-        "the list beside it): "
+        "- **Per remembered event id** (dedup memory: a packed record of its 8-byte hash, sequence and kept-until "
+        "in the row): "
         f"**{per_id:,.0f} B** (tracemalloc), {memory['rss_bytes_per_remembered_id']:,.0f} B (RSS).",
-        f"- **Per touchpoint** (its row `[ts, kind, channel, campaign, affiliate_id, event_id]` plus its "
-        f"remembered id): **{per_touch:,.0f} B** (tracemalloc), {memory['rss_bytes_per_touch']:,.0f} B (RSS).",
+        f"- **Per touchpoint** (a packed record of ts, sequence, id hash, kind and name indexes, its id included): "
+        f"**{per_touch:,.0f} B** (tracemalloc), {memory['rss_bytes_per_touch']:,.0f} B (RSS).",
         f"- **Per tracking ID**: {base['traced_bytes_per_id']:,.0f} B with one impression; "
         f"**{typical['traced_bytes_per_id']:,.0f} B** for a typical journey of {typical['touches_per_id']:.1f} "
         f"touchpoints ({typical['rss_bytes_per_id']:,.0f} B RSS): 1M visitors ~ "
         f"{typical['traced_bytes_per_id'] * 1e6 / 2**30:.1f} GiB.",
-        f"- A week of event ids at 1,000 events/s ({EVENTS_PER_WEEK_AT_1K / 1e6:,.0f}M ids, DEDUP_WINDOW 7d) at "
-        f"{per_id:,.0f} B each: {EVENTS_PER_WEEK_AT_1K * per_id / 2**30:,.0f} GiB.",
+        f"- A week of event ids at 1,000 events/s ({EVENTS_PER_WEEK_AT_1K / 1e6:,.0f}M ids), were each kept for "
+        f"DEDUP_WINDOW 7d, at {per_id:,.0f} B each: {EVENTS_PER_WEEK_AT_1K * per_id / 2**30:,.0f} GiB; only order "
+        "ids are (README, \"What the engine remembers\"), the others go with their touchpoint or when their window "
+        "closes.",
     ]
     if "customers1" in memory:  # the lifetime-value stage's ltv-customers table
         one, three = memory["customers1"], memory["customers3"]
