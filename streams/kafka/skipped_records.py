@@ -17,6 +17,8 @@ absorbed the first time (passed on again, it was judged late again and counted).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,10 +27,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 log = logging.getLogger(__name__)
 WAIT_WARNING_S = 30.0
+RETRY_S = 0.5
+# What aiokafka raises while the broker is away: its errors, OSError, and an AssertionError from a client that
+# lost its cluster metadata ("Did we not perform bootstrap?") or a coordinator routine it broke (seen when the
+# broker restarted under the metrics stage: the agent crashed and the metric topics stopped).
+BROKER_AWAY = (KafkaError, OSError, AssertionError)
 
 
 class OffsetTracker:
@@ -70,23 +78,36 @@ class SkippedRecordReader:
 
     async def committed(self, partition: int) -> int | None:
         """The group's committed offset of the partition on the broker (None: never committed)."""
-        consumer = await self.started()
         tp = TopicPartition(self.topic, partition)
-        consumer.assign([tp])
-        return await consumer.committed(tp)  # type: ignore[no-any-return]
+        warned_at = time.monotonic()
+        while True:  # the broker away: wait for it, with a fresh consumer once it is back
+            try:
+                consumer = await self.started()
+                consumer.assign([tp])
+                return await consumer.committed(tp)  # type: ignore[no-any-return]
+            except BROKER_AWAY as exc:
+                warned_at = await self.after_failure(exc, warned_at, f"the committed offset of {tp}")
 
     async def read(self, partition: int, start: int, end: int) -> list[Any]:
         """Records start..end-1 of the partition, as events of a batch (`event.message` is the record)."""
         log.warning("offsets %d-%d of %s/%d were skipped by the stream; reading them directly",
                     start, end - 1, self.topic, partition)
-        consumer = await self.started()
         tp = TopicPartition(self.topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
         records: list[Any] = []
         warned_at = time.monotonic()
+        sought = False
         while True:  # the broker away: wait for it, as the stream does
-            fetched = await consumer.getmany(tp, timeout_ms=1000)
+            try:
+                consumer = await self.started()
+                if not sought:
+                    consumer.assign([tp])
+                    consumer.seek(tp, records[-1].message.offset + 1 if records else start)
+                    sought = True
+                fetched = await consumer.getmany(tp, timeout_ms=1000)
+            except BROKER_AWAY as exc:
+                sought = False
+                warned_at = await self.after_failure(exc, warned_at, f"offsets {start}-{end - 1} of {tp}")
+                continue
             for record in fetched.get(tp, []):
                 if record.offset >= end:  # also when retention deleted the range: it cannot be read
                     return records
@@ -96,6 +117,21 @@ class SkippedRecordReader:
             if time.monotonic() - warned_at > WAIT_WARNING_S:
                 warned_at = time.monotonic()
                 log.warning("still reading offsets %d-%d of %s/%d", start, end - 1, self.topic, partition)
+
+    async def after_failure(self, exc: BaseException, warned_at: float, what: str) -> float:
+        """Drop the consumer (aiokafka's can be left broken by an outage) and wait a little; say so now and then."""
+        await self.close_quietly()
+        if time.monotonic() - warned_at > WAIT_WARNING_S:
+            log.warning("still waiting for the broker to read %s: %r", what, exc)
+            warned_at = time.monotonic()
+        await asyncio.sleep(RETRY_S)
+        return warned_at
+
+    async def close_quietly(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def started(self) -> AIOKafkaConsumer:
         if self.consumer is None:

@@ -10,9 +10,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from streams.kafka.skipped_records import OffsetTracker, SkippedRecordGuard, SkippedRecordGuards, with_skipped_records
+from streams.kafka import skipped_records
+from streams.kafka.skipped_records import (
+    OffsetTracker,
+    SkippedRecordGuard,
+    SkippedRecordGuards,
+    SkippedRecordReader,
+    with_skipped_records,
+)
 
 
 def placed(tracker: OffsetTracker, partition: int, *offsets: int) -> list[tuple[int, int] | None]:
@@ -159,3 +167,77 @@ async def test_an_agent_of_two_topics_follows_each_topic_s_offsets_apart_and_kee
     ]
     assert readers["metrics.channel"].reads == [(0, 5, 6)] and readers["metrics.campaign"].reads == [(0, 10, 12)]
     assert all(reader.closed for reader in readers.values())
+
+
+class FlakyConsumer:
+    """A consumer whose every call fails with `failure` once `calls` calls were served (None: never fails)."""
+
+    def __init__(self, committed: int | None = None, records: list[int] | None = None,
+                 failure: BaseException | None = None, calls: int = 0) -> None:
+        self.committed_offset, self.records = committed, list(records or [])
+        self.failure, self.calls = failure, calls
+        self.sought: int | None = None
+        self.stopped = False
+
+    def serve(self) -> None:
+        if self.failure is not None and self.calls == 0:
+            raise self.failure
+        self.calls -= 1
+
+    def assign(self, tps: list[Any]) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought = offset
+
+    async def committed(self, tp: Any) -> int | None:
+        self.serve()
+        return self.committed_offset
+
+    async def getmany(self, tp: Any, timeout_ms: int) -> dict[Any, list[Any]]:
+        self.serve()
+        assert self.sought is not None
+        batch = [SimpleNamespace(offset=o) for o in self.records if o >= self.sought][:2]
+        self.sought = batch[-1].offset + 1 if batch else self.sought
+        return {tp: batch}
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def reader_of(consumers: list[FlakyConsumer], monkeypatch: pytest.MonkeyPatch) -> SkippedRecordReader:
+    monkeypatch.setattr(skipped_records, "RETRY_S", 0.0)
+    reader = SkippedRecordReader("127.0.0.1:1", "partials", "attribution")
+    queue = list(consumers)
+
+    async def started() -> Any:
+        if reader.consumer is None:
+            reader.consumer = queue.pop(0)  # type: ignore[assignment]
+        return reader.consumer
+
+    reader.started = started  # type: ignore[method-assign]
+    return reader
+
+
+@pytest.mark.asyncio
+async def test_the_committed_offset_is_asked_again_of_a_fresh_consumer_while_the_broker_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker restart left aiokafka's client without metadata ("Did we not perform bootstrap?"): the metrics
+    stage's agent crashed on it and the metric topics stopped."""
+    broken = FlakyConsumer(failure=AssertionError("Did we not perform bootstrap?"))
+    still_away = FlakyConsumer(failure=KafkaError("coordinator not available"))
+    back = FlakyConsumer(committed=42)
+    reader = reader_of([broken, still_away, back], monkeypatch)
+    assert await reader.committed(3) == 42
+    assert broken.stopped and still_away.stopped and not back.stopped
+
+
+@pytest.mark.asyncio
+async def test_a_skipped_range_read_across_an_outage_goes_on_after_what_it_had(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = FlakyConsumer(records=list(range(20)), failure=KafkaError("connection closed"), calls=1)
+    second = FlakyConsumer(records=list(range(20)))
+    reader = reader_of([first, second], monkeypatch)
+    got = await reader.read(0, 5, 10)
+    assert [e.message.offset for e in got] == [5, 6, 7, 8, 9]
+    assert first.stopped
