@@ -440,6 +440,14 @@ def mid_rate(series: list[tuple[float, float]], total: int) -> float | None:
     return 0.8 * total / (high - low)
 
 
+def first_reaching(messages: list[tuple[float, float]], start: int, target: float) -> int:
+    """The index of the first (time, figure) from `start` on whose figure reaches `target`; len: none yet."""
+    i = start
+    while i < len(messages) and messages[i][1] < target:
+        i += 1
+    return i
+
+
 def lag_samples(
     ticks: list[list[Any]],
     log: list[tuple[float, str, int, int, float]],
@@ -475,10 +483,7 @@ def lag_samples(
             produced_touch[key] += n
             target = base.get(key, (0, 0.0))[0] + produced_touch[key]
             messages = touch_messages[key]
-            i = cursor[key]
-            while i < len(messages) and messages[i][1] < target:
-                i += 1
-            cursor[key] = i
+            i = cursor[key] = first_reaching(messages, cursor[key], target)
             if i < len(messages):
                 touch.append((messages[i][0] - sent, n))
             else:
@@ -488,10 +493,7 @@ def lag_samples(
             produced_conversion[window] += n
             target_c = base_window_total.get(window, 0.0) + produced_conversion[window] - 1e-6
             messages_c = conversion_messages[window]
-            i = cursor[window]
-            while i < len(messages_c) and messages_c[i][1] < target_c:
-                i += 1
-            cursor[window] = i
+            i = cursor[window] = first_reaching(messages_c, cursor[window], target_c)
             if i < len(messages_c):
                 conversion.append((messages_c[i][0] - sent, n))
             else:

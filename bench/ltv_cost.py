@@ -27,11 +27,10 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer
 
 from bench import data
-from bench.metrics_topic import read_from_start
+from bench.metrics_topic import decoded_batches, read_from_start
 from bench.processes import BenchError, cpu_seconds, say
 from bench.report import rate
 from streams.kafka.topics import METRICS_LTV_TOPIC
@@ -65,13 +64,9 @@ class LtvWatcher:
 
     async def _run(self) -> None:
         assert self.consumer is not None
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=100)
-            received = time.time()
-            for records in batches.values():
-                for record in records:
-                    message = orjson.loads(record.value)
-                    self.orders[message["channel"]] = float(message["orders"])
+        async for received, messages in decoded_batches(self.consumer):
+            for message in messages:
+                self.orders[message["channel"]] = float(message["orders"])
             if self.reached is None and self.shown >= self.want - 1e-6 * max(self.want, 1):
                 self.reached = received
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -21,6 +22,14 @@ from streams.stages.topology import JOURNEY_TOPIC
 from tests.integration.services import create_topics
 
 # --- the metric topic, watched ----------------------------------------------------------------------
+
+
+async def decoded_batches(consumer: AIOKafkaConsumer) -> AsyncIterator[tuple[float, list[Any]]]:
+    """Every batch the consumer gets, as (time received, its JSON messages decoded), until cancelled."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=100)
+        received = time.time()
+        yield received, [orjson.loads(record.value) for records in batches.values() for record in records]
 
 
 async def read_from_start(bootstrap: str, topic: str, partitions: int) -> AIOKafkaConsumer:
@@ -57,12 +66,9 @@ class MetricsWatcher:
 
     async def _run(self) -> None:
         assert self.consumer is not None
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=100)
-            received = time.time()
-            for records in batches.values():
-                for record in records:
-                    self.absorb(received, orjson.loads(record.value))
+        async for received, messages in decoded_batches(self.consumer):
+            for message in messages:
+                self.absorb(received, message)
 
     def absorb(self, received: float, message: dict[str, Any]) -> None:
         key = (message["channel"], message["window_start"])
