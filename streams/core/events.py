@@ -78,6 +78,9 @@ class Spend(NamedTuple):
 Event = Touch | Lead | Order | Spend
 Conversion = Lead | Order
 _ROW_TYPES: dict[str, type] = {"i": Touch, "c": Touch, "l": Lead, "o": Order, "s": Spend}
+_ROW_SHAPES = {kind: (event_type, len(event_type._fields)) for kind, event_type in _ROW_TYPES.items()}
+# A named tuple built from a plain tuple in C: calling the class binds each field in Python, twice the cost.
+_new_event = tuple.__new__
 
 
 class Rejection(NamedTuple):
@@ -89,7 +92,10 @@ class Rejection(NamedTuple):
 
 def from_row(row: list[Any]) -> Event:
     """A normalised event from its JSON array form (`list(event)`)."""
-    return _ROW_TYPES[row[0]](*row)
+    event_type, size = _ROW_SHAPES[row[0]]
+    if len(row) != size:
+        raise ValueError(f"an event row of kind {row[0]!r} has {size} fields, not {len(row)}")
+    return _new_event(event_type, row)
 
 
 @cache
@@ -218,7 +224,7 @@ def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
     currency = obj.get("currency")
     if kind in ("impression", "click"):
         cost = obj.get("cost")
-        return Touch(
+        return _new_event(Touch, (  # nearly every event: built from a tuple (see `_new_event`)
             "i" if kind == "impression" else "c",
             obj["event_id"],
             ts,
@@ -227,7 +233,7 @@ def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
             obj.get("campaign") or NONE_CAMPAIGN,
             obj.get("affiliate_id") if kind == "click" else None,
             0.0 if cost is None else to_reporting(cost, currency, settings, "cost"),
-        )
+        ))
     if kind == "lead":
         return Lead("l", obj["event_id"], ts, obj["tracking_id"], obj.get("customer_id"))
     if kind == "order":

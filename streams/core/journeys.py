@@ -139,6 +139,7 @@ HASH = struct.Struct("<Q")
 TS_SEQ = struct.Struct("<qq")
 HASH_AT = 16  # where a touch record holds its id hash, in both layouts
 TOUCH_ORDER = struct.Struct("<q8xQ")  # a touch record's (ts, id hash): the order touchpoints are kept in
+TOUCH_KEY = itemgetter(0, 2)  # the same of an unpacked one
 
 
 class Journey:
@@ -162,7 +163,7 @@ class Journey:
         self.pending: list[tuple[int, list[Any]]] = pending if pending is not None else []  # (seq, conversion row)
         self.last_ts = last_ts
         self.expires_s = expires_s  # nothing here is worth keeping after this (epoch s), pending conversions aside
-        self._touches: list[Touch7] | None = sorted(touches, key=itemgetter(0, 2)) if touches else []
+        self._touches: list[Touch7] | None = sorted(touches, key=TOUCH_KEY) if touches else None
         self._touch_blob = b""  # NARROW_ROW touch records, while `_touches` is None
         self._names_section: bytes | None = None  # the names as a narrow row packs them, while unchanged
         self._name_index: dict[str, int] | None = None
@@ -310,20 +311,40 @@ class Journey:
     def admit(self, event: Touch | Lead | Order | Spend, seq: int, retention: Retention) -> Admission:
         """Judge an event by its ids and, when it is new, remember it: a touchpoint with its id, any other
         event by its ids, each for as long as `retention` says."""
+        if event.kind == "i" or event.kind == "c":
+            return self.admit_touch(event, seq, retention)  # type: ignore[arg-type]
         hashes = [id_hash(i) for i in event_ids(event)]
         admission = self.judge(hashes, seq, retention.dedup_ms)
         if admission is not Admission.NEW:
             return admission
         ts = event.ts
-        if isinstance(event, Touch):
-            kind = CLICK if event.kind == "c" else IMPRESSION
-            self.add_touch_record(ts, seq, hashes[0], kind, event.channel, event.campaign, event.affiliate_id)
-            self.keep_until(ts + retention.touch_ms(kind))
-        else:
-            self.remember(hashes[0], seq, ts + retention.event_id_ms)
-            if isinstance(event, Order):
-                self.remember(hashes[1], seq, ts + retention.order_id_ms)
+        self.remember(hashes[0], seq, ts + retention.event_id_ms)
+        if isinstance(event, Order):
+            self.remember(hashes[1], seq, ts + retention.order_id_ms)
         self.last_ts = max(self.last_ts, ts)
+        return Admission.NEW
+
+    def admit_touch(self, touch: Touch, seq: int, retention: Retention) -> Admission:
+        """`admit` for an impression or a click (nearly every event): its one id, with the touchpoint."""
+        h = id_hash("e:" + touch.event_id)
+        earlier = self.ids.get(h)
+        if earlier is None:
+            seen = self.touch_seen(h)
+            if seen is not None and seen[1] >= self.last_ts - retention.dedup_ms:
+                earlier = seen
+        if earlier is not None:
+            return Admission.REPLAY if earlier[0] == seq else Admission.DUPLICATE
+        ts = touch.ts
+        if touch.kind == "c":
+            kind, until_ms = CLICK, ts + retention.click_ms
+        else:
+            kind, until_ms = IMPRESSION, ts + retention.view_ms
+        self.add_touch_record(ts, seq, h, kind, touch.channel, touch.campaign, touch.affiliate_id)
+        expires_s = -(-until_ms // 1000)  # seconds_up
+        if expires_s > self.expires_s:
+            self.expires_s = expires_s
+        if ts > self.last_ts:
+            self.last_ts = ts
         return Admission.NEW
 
     def touch_seen(self, h: int) -> tuple[int, int] | None:
@@ -351,15 +372,21 @@ class Journey:
     def add_touch_record(
         self, ts: int, seq: int, h: int, kind: int, channel: str, campaign: str, affiliate_id: str | None
     ) -> None:
-        record = (ts, seq, h, kind, self.name(channel), self.name(campaign),
-                  self.name(NO_AFFILIATE if affiliate_id is None else affiliate_id))
+        index = self._name_index
+        if index is None:
+            index = self._name_index = {name: i for i, name in enumerate(self.names)}
+        affiliate = NO_AFFILIATE if affiliate_id is None else affiliate_id
+        channel_at, campaign_at, affiliate_at = index.get(channel), index.get(campaign), index.get(affiliate)
+        if channel_at is None or campaign_at is None or affiliate_at is None:  # a name new to the journey
+            channel_at, campaign_at, affiliate_at = self.name(channel), self.name(campaign), self.name(affiliate)
+        record = (ts, seq, h, kind, channel_at, campaign_at, affiliate_at)
         blob = self._touch_blob
         if self._touches is None and len(self.names) <= NARROW_ROW.limit and (
             not blob or (ts, h) >= TOUCH_ORDER.unpack_from(blob, len(blob) - NARROW_ROW.touch.size)
         ):
             self._touch_blob = blob + NARROW_ROW.touch.pack(*record)  # the newest: the packed records stay sorted
             return
-        bisect.insort(self.touches, record, key=itemgetter(0, 2))
+        bisect.insort(self.touches, record, key=TOUCH_KEY)
         if self._touch_ids is not None:
             self._touch_ids[h] = (seq, ts)
 

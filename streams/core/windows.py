@@ -49,6 +49,14 @@ class Partial:
             figures = self.campaigns[campaign] = [0.0] * FIGURE_COUNT
         figures[index] += amount
 
+    def add_touch(self, campaign: str, index: int, cost: float) -> None:
+        """An impression or click (`index`) and its cost: `add` twice, in one call."""
+        figures = self.campaigns.get(campaign)
+        if figures is None:
+            figures = self.campaigns[campaign] = [0.0] * FIGURE_COUNT
+        figures[index] += 1
+        figures[SPEND] += cost
+
 
 def partial_key(partition: int, window: int, channel: str) -> str:
     return f"{partition}|{window}|{channel}"

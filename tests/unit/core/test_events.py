@@ -457,7 +457,17 @@ def test_events_normalise_to_their_named_tuples() -> None:
 @pytest.mark.parametrize("topic", INPUT_TOPICS)
 def test_an_event_round_trips_through_its_json_row(topic: str) -> None:
     event = one(topic, FX)
-    assert from_row(orjson.loads(orjson.dumps(list(event)))) == event
+    row = orjson.loads(orjson.dumps(list(event)))
+    assert from_row(row) == event
+    assert type(from_row(row)) is type(event)
+
+
+@pytest.mark.parametrize("topic", INPUT_TOPICS)
+def test_an_event_row_with_a_field_too_many_or_too_few_is_refused(topic: str) -> None:
+    row = list(one(topic, FX))
+    for wrong in (row[:-1], [*row, None]):
+        with pytest.raises(ValueError, match=f"has {len(row)} fields, not {len(wrong)}"):
+            from_row(wrong)
 
 
 # --- error messages name the field and the bad value ---
