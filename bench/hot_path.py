@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import hashlib
 import pstats
 import time
@@ -30,6 +31,7 @@ from streams.serving.prometheus import WorkerMetrics
 from streams.stages.intake import Intake
 from streams.stages.journeys import BATCH_MAX, JourneyStage
 from streams.stages.topology import JOURNEY_TOPIC
+from streams.stages.worker import GC_THRESHOLDS
 from tests.fakes import FakeTable
 
 PARTITIONS = 4
@@ -118,6 +120,7 @@ def digest(events: int) -> str:
 
 def measure(events: int, shape: str, profile: bool) -> None:
     settings = Settings.from_env({"TOPIC_PARTITIONS": str(PARTITIONS), "WORKER_NAME": "bench"})
+    gc.set_threshold(*GC_THRESHOLDS)  # as the worker and the intake process run
     records = input_records(events, shape)
     w = wiring(settings)
     profiler = cProfile.Profile() if profile else None

@@ -11,6 +11,7 @@ commits and leaves its group.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -42,9 +43,10 @@ class StandaloneWiring:
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
     from streams.kafka.embedded_broker import resolve_bootstrap
-    from streams.stages.worker import PartitionMismatch
+    from streams.stages.worker import GC_THRESHOLDS, PartitionMismatch
 
     configure_logging(settings.log_level)
+    gc.set_threshold(*GC_THRESHOLDS)  # each read allocates thousands of objects: collected far less often
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         asyncio.run(serve(settings, bootstrap))
