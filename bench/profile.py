@@ -70,7 +70,7 @@ def stage(thread: str, frames: list[tuple[str, str]]) -> str:
     if thread != "MainThread":
         return f"thread {thread}: Faust's consumer thread (aiokafka fetches)"
     for func, file in frames:
-        if file.startswith("streams/stages/"):
+        if file.startswith("streams/stages/") and (file, func) not in ENTRY_POINTS:
             return f"{file.removeprefix('streams/')}: {func.removeprefix('register.<locals>.')}"
     for func, file in frames:
         for marker, part in FAUST_PARTS:
@@ -79,6 +79,8 @@ def stage(thread: str, frames: list[tuple[str, str]]) -> str:
     return "asyncio loop: scheduling callbacks, futures and tasks"
 
 
+# The process's own entry (`attribution worker` runs the event loop inside it): on every stack, not a part.
+ENTRY_POINTS = {("streams/stages/worker.py", "run"), ("streams/stages/intake_process.py", "run")}
 BREAKDOWNS = ("JourneyStage.absorb_batch", "JourneyStage.absorb", "Intake.handle")
 
 
