@@ -16,6 +16,7 @@ from typing import Literal
 Model = Literal["last_click", "first_click", "linear", "time_decay", "position_based"]
 MODELS: tuple[Model, ...] = ("last_click", "first_click", "linear", "time_decay", "position_based")
 
+EVENT_LOOPS = ("uvloop", "asyncio")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -91,6 +92,7 @@ class Settings:
     rocksdb_cache_mb: int = 128  # one block cache for every RocksDB database of the worker
     ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
     worker_intake: bool = True  # WORKER_INTAKE=off: the worker reads no input topic; `attribution intake` does
+    event_loop: str = "uvloop"  # EVENT_LOOP=asyncio: the standard library's loop instead of uvloop
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -134,6 +136,7 @@ class Settings:
             rocksdb_cache_mb=reader.get("ROCKSDB_CACHE_MB", 128, _positive_int),
             ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
             worker_intake=reader.get("WORKER_INTAKE", "on", _on_off),
+            event_loop=reader.get("EVENT_LOOP", "uvloop", _event_loop),
         )
 
 
@@ -193,6 +196,12 @@ def _unit_interval(text: str) -> float:
     if not 0 <= value <= 1:
         raise ValueError(f"must be between 0 and 1, got {text!r}")
     return value
+
+
+def _event_loop(text: str) -> str:
+    if text not in EVENT_LOOPS:
+        raise ValueError(f"must be one of {', '.join(EVENT_LOOPS)}, got {text!r}")
+    return text
 
 
 def _model(text: str) -> Model:

@@ -11,7 +11,6 @@ commits and leaves its group.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -43,10 +42,10 @@ class StandaloneWiring:
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
     from streams.kafka.embedded_broker import resolve_bootstrap
-    from streams.stages.worker import GC_THRESHOLDS, PartitionMismatch
+    from streams.stages.worker import PartitionMismatch, tune_runtime
 
     configure_logging(settings.log_level)
-    gc.set_threshold(*GC_THRESHOLDS)  # each read allocates thousands of objects: collected far less often
+    tune_runtime(settings)
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         asyncio.run(serve(settings, bootstrap))

@@ -33,7 +33,7 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     from streams.stages.app import build
 
     configure_logging(settings.log_level)
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_runtime(settings)
     try:  # Faust creates its data directory but not the parents: a fresh clone has no .run/
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -69,6 +69,20 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def tune_runtime(settings: Settings) -> None:
+    """The garbage collector's thresholds (GC_THRESHOLDS) and the event loop (EVENT_LOOP) of a worker or an
+    intake process. uvloop runs the callbacks, futures and sockets of Faust and aiokafka in C: the asyncio
+    loop's own share of a worker's time was 15-20% (bench/RESULTS.md, "Engine profile")."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("EVENT_LOOP=uvloop but uvloop is not installed: running on asyncio's own loop")
+            return
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def claim_rocksdb_files(bootstrap: str, tabledir: Path) -> IO[str]:

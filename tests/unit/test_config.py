@@ -224,3 +224,16 @@ def test_worker_intake_is_on_or_off_and_on_by_default(text: str, on: bool) -> No
 def test_a_bad_worker_intake_raises_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="^WORKER_INTAKE='separate' is not valid: must be on or off"):
         settings(WORKER_INTAKE="separate")
+
+
+# --- not in the contract: EVENT_LOOP (uvloop or asyncio's own) ------------------------------------
+
+
+@pytest.mark.parametrize(("text", "loop"), [("uvloop", "uvloop"), ("asyncio", "asyncio"), ("", "uvloop")])
+def test_event_loop_is_uvloop_by_default_or_asyncio(text: str, loop: str) -> None:
+    assert settings(EVENT_LOOP=text).event_loop == loop
+
+
+def test_a_bad_event_loop_raises_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="^EVENT_LOOP='trio' is not valid: must be one of uvloop, asyncio"):
+        settings(EVENT_LOOP="trio")
