@@ -62,6 +62,7 @@ class Settings:
     kafka_bootstrap: str | None = None
     redis_url: str | None = None
     topic_partitions: int = 8
+    topic_replication: int | None = None  # TOPIC_REPLICATION unset: min(3, brokers) (streams.kafka.topics)
     attribution_model: Model = "last_click"
     click_lookback_ms: int = 30 * 86_400_000
     view_lookback_ms: int = 86_400_000
@@ -107,6 +108,7 @@ class Settings:
             kafka_bootstrap=reader.get("KAFKA_BOOTSTRAP", None, parse_bootstrap),
             redis_url=reader.get("REDIS_URL", None, _redis_url),
             topic_partitions=reader.get("TOPIC_PARTITIONS", 8, _positive_int),
+            topic_replication=reader.get("TOPIC_REPLICATION", None, _positive_int),
             attribution_model=reader.get("ATTRIBUTION_MODEL", "last_click", _model),
             click_lookback_ms=reader.get("CLICK_LOOKBACK", "30d", _positive_duration),
             view_lookback_ms=reader.get("VIEW_LOOKBACK", "1d", _positive_duration),

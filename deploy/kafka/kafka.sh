@@ -6,6 +6,12 @@
 #   deploy/kafka/kafka.sh start [PORT]   start a broker, wait until it answers metadata, print 127.0.0.1:PORT
 #   deploy/kafka/kafka.sh stop [PORT]    SIGTERM, then SIGKILL after KAFKA_STOP_TIMEOUT seconds
 #   deploy/kafka/kafka.sh status [PORT]  "running ..." (exit 0) or "not running" (exit 1)
+#   deploy/kafka/kafka.sh cluster start [N]  N brokers (default 3) in one KRaft quorum, replication
+#                                         min(3, N), min.insync.replicas min(2, N); prints host:port,...
+#   deploy/kafka/kafka.sh cluster stop|status
+#
+# A node of a cluster is also a broker of its own to `start`/`stop`/`status PORT` (with KAFKA_DATA_DIR set
+# to its directory, KAFKA_CLUSTER_DIR/node-I): its data dir keeps its place in the cluster (node.env).
 #
 # Environment:
 #   KAFKA_PORT           default port (9092)
@@ -17,6 +23,7 @@
 #   KAFKA_EXTRA_PROPERTIES  extra server.properties lines, newline-separated (they win over the defaults)
 #   KAFKA_PARENT_PID     when set, a watchdog stops the broker once that process is gone (tests use
 #                        it so that a killed test run leaves no broker behind)
+#   KAFKA_CLUSTER_DIR    the cluster's directory (default .run/kafka-cluster); a restart keeps its ports
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -190,11 +197,15 @@ EOF
 }
 
 write_properties() { # file, port, controller port, data dir
+    # a node of a cluster: its id, the quorum and the replication come from its node.env (`cluster start`)
+    local node_id="${KAFKA_NODE_ID:-1}" voters="${KAFKA_QUORUM_VOTERS:-1@127.0.0.1:$3}"
+    local replication="${KAFKA_REPLICATION:-1}" min_isr="${KAFKA_MIN_ISR:-1}"
     cat >"$1" <<EOF
-# written by deploy/kafka/kafka.sh at each start; a single-node KRaft broker for development and tests
+# written by deploy/kafka/kafka.sh at each start; a KRaft broker (broker and controller in one JVM) for
+# development and tests: node $node_id of the quorum $voters
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$3
+node.id=$node_id
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:$3
 advertised.listeners=PLAINTEXT://127.0.0.1:$2
 controller.listener.names=CONTROLLER
@@ -203,13 +214,13 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$4/logs
 num.partitions=1
 auto.create.topics.enable=true
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+default.replication.factor=$replication
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$replication
+transaction.state.log.replication.factor=$replication
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replication
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 # keep everything: tests and backfills produce records with old timestamps
 log.retention.ms=-1
@@ -240,6 +251,11 @@ cmd_start() {
     data="$(resolve_data_dir "$port" create)"
     pidfile="$data/kafka.pid"
     need_python
+    if [ -f "$data/node.env" ]; then  # a node of a cluster: its id, quorum and replication
+        # shellcheck disable=SC1091
+        . "$data/node.env"
+        [ "$KAFKA_PORT" = "$port" ] || die "$data is node $KAFKA_NODE_ID of a cluster on port $KAFKA_PORT, not $port"
+    fi
 
     pid="$(read_pid "$pidfile")"
     if is_our_broker "$pid"; then
@@ -275,7 +291,7 @@ cmd_start() {
         write_log4j_tools "$data/log4j2-tools.properties"
         tool=(java -XX:TieredStopAtLevel=1 -cp "$JARS/*" "-Dlog4j2.configurationFile=$data/log4j2-tools.properties"
               kafka.tools.StorageTool)
-        cluster_id="$("${tool[@]}" random-uuid 2>>"$data/format.log" | tail -n 1)"
+        cluster_id="${KAFKA_CLUSTER_ID:-$("${tool[@]}" random-uuid 2>>"$data/format.log" | tail -n 1)}"
         [ -n "$cluster_id" ] || die "kafka.tools.StorageTool random-uuid printed nothing; see $data/format.log"
         if ! "${tool[@]}" format -t "$cluster_id" -c "$data/server.properties" >>"$data/format.log" 2>&1; then
             tail -n 20 "$data/format.log" >&2
@@ -365,8 +381,98 @@ cmd_status() {
     return 1
 }
 
+# --- a cluster of N nodes, each a broker and a voter of the controller quorum -----------------------------
+
+cluster_dir() { echo "${KAFKA_CLUSTER_DIR:-$REPO/.run/kafka-cluster}"; }
+
+cluster_nodes() { # the node directories of the cluster, in node order
+    local dir
+    dir="$(cluster_dir)"
+    [ -d "$dir" ] || return 0
+    find "$dir" -mindepth 2 -maxdepth 2 -name node.env -printf '%h\n' | sort -V
+}
+
+node_port() { (. "$1/node.env" && echo "$KAFKA_PORT"); }
+
+new_cluster() { # n, dir: ports, the quorum and one cluster id, kept in each node's node.env
+    local n="$1" dir="$2" ports=() cports=() voters="" cluster_id i node
+    cmd_fetch
+    need_java
+    mkdir -p "$dir"
+    while [ ${#ports[@]} -lt $((2 * n)) ]; do
+        i="$(free_port)"
+        [[ " ${ports[*]} " == *" $i "* ]] || ports+=("$i")
+    done
+    cports=("${ports[@]:n}")
+    ports=("${ports[@]:0:n}")
+    for i in $(seq 1 "$n"); do voters+="${voters:+,}$i@127.0.0.1:${cports[$((i - 1))]}"; done
+    cluster_id="$(java -XX:TieredStopAtLevel=1 -cp "$JARS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+    [ -n "$cluster_id" ] || die "kafka.tools.StorageTool random-uuid printed nothing"
+    for i in $(seq 1 "$n"); do
+        node="$dir/node-$i"
+        mkdir -p "$node"
+        echo "${cports[$((i - 1))]}" >"$node/controller.port"
+        cat >"$node/node.env" <<EOF
+KAFKA_PORT=${ports[$((i - 1))]}
+KAFKA_NODE_ID=$i
+KAFKA_QUORUM_VOTERS=$voters
+KAFKA_CLUSTER_ID=$cluster_id
+KAFKA_REPLICATION=$((n < 3 ? n : 3))
+KAFKA_MIN_ISR=$((n < 2 ? n : 2))
+EOF
+    done
+}
+
+cmd_cluster_start() {
+    local n="${1:-3}" dir nodes=() node pids=() pid failed=0 bootstrap=""
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || die "cluster size must be a number >= 1, got '$n'"
+    dir="$(cluster_dir)"
+    mapfile -t nodes < <(cluster_nodes)
+    if [ ${#nodes[@]} -eq 0 ]; then
+        new_cluster "$n" "$dir"
+        mapfile -t nodes < <(cluster_nodes)
+    fi
+    # every node at once: none answers before a majority of the quorum runs
+    for node in "${nodes[@]}"; do
+        KAFKA_DATA_DIR="$node" "${BASH_SOURCE[0]}" start "$(node_port "$node")" >/dev/null &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    [ $failed -eq 0 ] || die "a node of the cluster in $dir did not start (see the lines above)"
+    for node in "${nodes[@]}"; do bootstrap+="${bootstrap:+,}127.0.0.1:$(node_port "$node")"; done
+    log "cluster of ${#nodes[@]} ready: $bootstrap"
+    echo "$bootstrap"
+}
+
+cmd_cluster_status() {
+    local node rc=0
+    for node in $(cluster_nodes); do
+        KAFKA_DATA_DIR="$node" "${BASH_SOURCE[0]}" status "$(node_port "$node")" || rc=1
+    done
+    return $rc
+}
+
+cmd_cluster_stop() { # every node at once: the last one alone would wait for a quorum to shut down cleanly
+    local node pids=() pid rc=0
+    for node in $(cluster_nodes); do
+        KAFKA_DATA_DIR="$node" "${BASH_SOURCE[0]}" stop "$(node_port "$node")" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    return $rc
+}
+
+cmd_cluster() {
+    case "${1:-}" in
+        start) shift; cmd_cluster_start "$@" ;;
+        stop) cmd_cluster_stop ;;
+        status) cmd_cluster_status ;;
+        *) usage ;;
+    esac
+}
+
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -375,5 +481,6 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) shift; cmd_status "$@" ;;
+    cluster) shift; cmd_cluster "$@" ;;
     *) usage ;;
 esac

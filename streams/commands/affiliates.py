@@ -43,10 +43,10 @@ async def publish(producer: AIOKafkaProducer, affiliates: Iterable[Affiliate]) -
     return len(futures)
 
 
-async def publish_to(bootstrap: str, partitions: int, affiliates: Sequence[Affiliate]) -> int:
+async def publish_to(bootstrap: str, settings: Settings, affiliates: Sequence[Affiliate]) -> int:
     """Make sure the topics exist, then publish `affiliates` with a producer of its own."""
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, partitions)
+    await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
     producer = make_producer(bootstrap)
     await producer.start()
     try:
@@ -74,7 +74,7 @@ def load(settings: Settings, args: argparse.Namespace) -> int:
 
         bootstrap, owned = resolve_for_producer(settings, "affiliates load")
         try:
-            published = asyncio.run(publish_to(bootstrap, settings.topic_partitions, affiliates))
+            published = asyncio.run(publish_to(bootstrap, settings, affiliates))
         finally:
             if owned is not None:
                 owned.stop()

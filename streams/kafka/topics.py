@@ -29,6 +29,7 @@ SIGNALS_TOPIC = "signals"
 PUBLIC_TOPICS = (*INPUT_TOPICS, DLQ_TOPIC, ATTRIBUTIONS_TOPIC, METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC,
                  METRICS_LTV_TOPIC, SIGNALS_TOPIC)
 COMPACTED_TOPICS = (AFFILIATES_TOPIC,)
+MAX_AUTO_REPLICATION = 3
 
 
 def json_arrays(items: list[bytes], max_bytes: int) -> list[bytes]:
@@ -60,26 +61,36 @@ def make_producer(bootstrap: str, *, idempotent: bool = False, linger_ms: int = 
     )
 
 
+def auto_replication(brokers: int) -> int:
+    """TOPIC_REPLICATION unset: three copies of every partition, or one per broker on a smaller cluster."""
+    return max(1, min(MAX_AUTO_REPLICATION, brokers))
+
+
 async def ensure_topics(
-    bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS, compacted: tuple[str, ...] = ()
-) -> None:
-    """Create the topics that do not exist yet (`affiliates` compacted, one partition)."""
+    bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS, compacted: tuple[str, ...] = (),
+    replication: int | None = None,
+) -> int:
+    """Create the topics that do not exist yet (`affiliates` compacted, one partition), each partition on
+    `replication` brokers (None: `auto_replication`); returns that replication."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        if replication is None:
+            replication = auto_replication(len((await admin.describe_cluster())["brokers"]))
         existing = set(await admin.list_topics())
         compact = {"cleanup.policy": "compact"}
         wanted = [
-            NewTopic(name, partitions, 1, topic_configs=compact if name in compacted else {})
+            NewTopic(name, partitions, replication, topic_configs=compact if name in compacted else {})
             for name in (*names, *compacted) if name not in existing
         ]
         if AFFILIATES_TOPIC not in existing:
-            wanted.append(NewTopic(AFFILIATES_TOPIC, 1, 1, topic_configs={"cleanup.policy": "compact"}))
+            wanted.append(NewTopic(AFFILIATES_TOPIC, 1, replication, topic_configs={"cleanup.policy": "compact"}))
         for topic in wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process made it meanwhile
                 await admin.create_topics([topic])
         if wanted:
-            log.info("created topics: %s", ", ".join(t.name for t in wanted))
+            log.info("created topics with %d replicas: %s", replication, ", ".join(t.name for t in wanted))
+        return replication
     finally:
         await admin.close()
 

@@ -41,10 +41,11 @@ from streams.stages.topology import (
 
 
 def build(
-    settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0, claims: Claims | None = None
+    settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0, claims: Claims | None = None,
+    replication: int = 1,
 ) -> Wiring:
     """The worker's app. Claims on customers and order ids go to `claims` (Redis) when given, else to the
-    changelogged `claims` table."""
+    changelogged `claims` table. `replication`: of the topics Faust creates (the engine's own exist already)."""
     lower_fetch_wait(FETCH_MAX_WAIT_MS)
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
@@ -54,7 +55,7 @@ def build(
         store="rocksdb://" if settings.state_store == "rocksdb" else "memory://",
         datadir=settings.state_dir,
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",

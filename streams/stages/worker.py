@@ -45,14 +45,15 @@ def run(settings: Settings, args: Namespace | None = None) -> int:
         if embedded is not None:
             session_timeout = min(session_timeout, EMBEDDED_SESSION_TIMEOUT_S)
         try:
-            asyncio.run(prepare_topics(bootstrap, settings))
+            replication = asyncio.run(prepare_topics(bootstrap, settings))
             if not settings.redis_url and embedded is None:  # an embedded broker of our own has no other worker
                 asyncio.run(refuse_a_second_worker(bootstrap, session_timeout + GROUP_LEAVE_MARGIN_S))
         except (TimeoutError, PartitionMismatch, SecondWorker) as exc:
             print(f"attribution worker: {exc}", file=sys.stderr)
             return 1
         store = open_store(settings.redis_url)
-        wiring = build(settings, bootstrap, store, session_timeout, store if isinstance(store, RedisStore) else None)
+        wiring = build(settings, bootstrap, store, session_timeout, store if isinstance(store, RedisStore) else None,
+                       replication)
         if settings.state_store == "rocksdb":
             try:
                 wiring.state["state-dir-lock"] = claim_rocksdb_files(bootstrap, Path(wiring.app.conf.tabledir))
@@ -96,13 +97,15 @@ def claim_rocksdb_files(bootstrap: str, tabledir: Path) -> IO[str]:
     return claim_state_dir(tabledir, {(table_of[topic], p): end for (topic, p), end in ends.items()})
 
 
-async def prepare_topics(bootstrap: str, settings: Settings) -> None:
-    """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree."""
+async def prepare_topics(bootstrap: str, settings: Settings) -> int:
+    """Wait for Kafka, create every topic the engine uses, and check the co-partitioned ones agree; returns
+    the replication of the topics created (TOPIC_REPLICATION), for the topics Faust creates itself."""
     from streams.kafka.topics import PUBLIC_TOPICS, ensure_topics, partition_counts, wait_for_broker
     from streams.stages.topology import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
 
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
+    replication = await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS,
+                                      CHANGELOG_TOPICS, settings.topic_replication)
     counts = await partition_counts(bootstrap, CO_PARTITIONED_TOPICS)
     wrong = {name: n for name, n in counts.items() if n != settings.topic_partitions}
     if wrong:
@@ -111,6 +114,7 @@ async def prepare_topics(bootstrap: str, settings: Settings) -> None:
             f"TOPIC_PARTITIONS={settings.topic_partitions} but {found} partitions; the engine's state is "
             "partitioned like these topics: set TOPIC_PARTITIONS to match, or recreate the topics"
         )
+    return replication
 
 
 class PartitionMismatch(RuntimeError):

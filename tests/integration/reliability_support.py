@@ -429,6 +429,29 @@ async def wait_exact(bootstrap: str, scenario: Scenario, timeout: float, settle:
     return problems
 
 
+async def assert_exact_on(bootstrap: str, scenario: Scenario, report: dict[str, object], converge_s: float,
+                          *workers: WorkerProcess) -> None:
+    """The metric topics equal the truth within `converge_s`; every conversion is on `attributions` once and
+    right. `report` (what the test did, and what was found) is printed either way."""
+    began = time.monotonic()
+    problems = await wait_exact(bootstrap, scenario, timeout=converge_s)
+    report["converged_s"] = round(time.monotonic() - began, 1)
+    if problems:  # lost or counted twice, or credited to the wrong channel?
+        latest = await read_latest(bootstrap, "metrics.channel")
+        report["grand_totals"] = compare_grand_totals(latest, scenario) or "exact"
+        report["state"] = [await asyncio.to_thread(state, w) for w in workers if w.alive]
+    attributions = await read_attributions(bootstrap)
+    attribution_problems, repeated = check_attributions(attributions, scenario)
+    report["repeated_attributions"] = repeated
+    if attribution_problems:
+        report["attribution_problems"] = len(attribution_problems)
+        report["attribution_examples"] = attribution_problems[:3]
+    print(f"reliability report: {report}")
+    assert problems == [], f"{len(problems)} differences from the truth, e.g.:\n" + "\n".join(problems[:30])
+    assert attribution_problems == [], f"{len(attribution_problems)} attribution problems, e.g.:\n" + "\n".join(
+        attribution_problems[:30])
+
+
 async def poll(check: Callable[[], Any | Awaitable[Any]], timeout: float, interval: float = 0.5) -> Any:
     """Call `check` (sync or async) until it returns something true or `timeout` passes; return its last answer."""
     deadline = time.monotonic() + timeout
@@ -477,6 +500,12 @@ def processed(worker: WorkerProcess) -> int:
 
 def state(worker: WorkerProcess) -> dict[str, Any]:
     return orjson.loads(http_get(worker, "/api/v1/state"))
+
+
+async def started(worker: WorkerProcess) -> WorkerProcess:
+    """The worker, once its read API answers."""
+    await asyncio.to_thread(worker.wait_http, "/api/v1/state", 90)
+    return worker
 
 
 async def wait_processed(worker: WorkerProcess, at_least: int, timeout: float) -> int:

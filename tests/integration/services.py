@@ -139,6 +139,32 @@ class KafkaBroker:
         return _read(self.data_dir / "server.log")
 
 
+class KafkaCluster:
+    """Apache Kafka brokers in one KRaft quorum (`deploy/kafka/kafka.sh cluster start N`), each a `KafkaBroker`
+    of its own to kill or restart: a node keeps its ports and place in the cluster in its data dir."""
+
+    def __init__(self, cluster_dir: str | os.PathLike[str], size: int = 3) -> None:
+        self.cluster_dir = Path(cluster_dir)
+        self.size = size
+        self.nodes: list[KafkaBroker] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def _env(self) -> dict[str, str]:
+        return {"KAFKA_CLUSTER_DIR": str(self.cluster_dir), "KAFKA_PARENT_PID": str(os.getpid())}
+
+    def start(self, timeout: float = 180.0) -> str:
+        result = _script([KAFKA_SH, "cluster", "start", str(self.size)], self._env(), timeout)
+        ports = [int(server.rsplit(":", 1)[1]) for server in result.stdout.strip().splitlines()[-1].split(",")]
+        self.nodes = [KafkaBroker(self.cluster_dir / f"node-{i}", port) for i, port in enumerate(ports, start=1)]
+        return self.bootstrap
+
+    def stop(self, timeout: float = 90.0) -> None:
+        _script([KAFKA_SH, "cluster", "stop"], self._env(), timeout)
+
+
 class RedisServer:
     """redis-server run by deploy/redis/redis.sh on one port: in memory only, or with its append-only file."""
 

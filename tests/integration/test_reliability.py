@@ -34,17 +34,15 @@ import pytest
 from tests.integration.reliability_support import (
     S,
     Scenario,
-    check_attributions,
-    compare_grand_totals,
+    assert_exact_on,
     now_ms,
     outcomes,
     poll,
     processed,
     produce_steps,
     read_attributions,
-    read_latest,
+    started,
     state,
-    wait_exact,
     wait_processed,
     window_of,
 )
@@ -78,31 +76,9 @@ def broker(kafka_broker_factory: Callable[[], KafkaBroker]) -> Iterator[KafkaBro
     started.stop()
 
 
-async def started(worker: WorkerProcess) -> WorkerProcess:
-    await asyncio.to_thread(worker.wait_http, "/api/v1/state", 90)
-    return worker
-
-
 async def assert_exact(broker: KafkaBroker, scenario: Scenario, report: dict[str, object],
                        *workers: WorkerProcess) -> None:
-    """The metric topics equal the truth; every conversion is on `attributions` once and right."""
-    began = time.monotonic()
-    problems = await wait_exact(broker.bootstrap, scenario, timeout=CONVERGE_S)
-    report["converged_s"] = round(time.monotonic() - began, 1)
-    if problems:  # lost or counted twice, or credited to the wrong channel?
-        latest = await read_latest(broker.bootstrap, "metrics.channel")
-        report["grand_totals"] = compare_grand_totals(latest, scenario) or "exact"
-        report["state"] = [await asyncio.to_thread(state, w) for w in workers if w.alive]
-    attributions = await read_attributions(broker.bootstrap)
-    attribution_problems, repeated = check_attributions(attributions, scenario)
-    report["repeated_attributions"] = repeated
-    if attribution_problems:
-        report["attribution_problems"] = len(attribution_problems)
-        report["attribution_examples"] = attribution_problems[:3]
-    print(f"reliability report: {report}")
-    assert problems == [], f"{len(problems)} differences from the truth, e.g.:\n" + "\n".join(problems[:30])
-    assert attribution_problems == [], f"{len(attribution_problems)} attribution problems, e.g.:\n" + "\n".join(
-        attribution_problems[:30])
+    await assert_exact_on(broker.bootstrap, scenario, report, CONVERGE_S, *workers)
 
 
 @pytest.mark.parametrize("state_store", ["memory", "rocksdb"])

@@ -237,3 +237,17 @@ def test_event_loop_is_uvloop_by_default_or_asyncio(text: str, loop: str) -> Non
 def test_a_bad_event_loop_raises_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="^EVENT_LOOP='trio' is not valid: must be one of uvloop, asyncio"):
         settings(EVENT_LOOP="trio")
+
+
+# --- TOPIC_REPLICATION: copies of each partition of the topics the engine creates ----------------------
+
+
+def test_topic_replication_is_unset_by_default_or_a_positive_number() -> None:
+    assert settings().topic_replication is None
+    assert settings(TOPIC_REPLICATION="3").topic_replication == 3
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "three"])
+def test_a_bad_topic_replication_raises_config_error_naming_it(text: str) -> None:
+    with pytest.raises(ConfigError, match=f"^TOPIC_REPLICATION='{text}' is not valid"):
+        settings(TOPIC_REPLICATION=text)
