@@ -33,6 +33,7 @@
 
   // --- formats (as `attribution top` shows them) ---------------------------------------------------------
   let money = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  let moneyAxis = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
   const whole = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   const oneDecimal = new Intl.NumberFormat("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
   const FORMATS = {
@@ -200,12 +201,12 @@
       }));
       select.value = channels.includes(state.trendChannel) ? state.trendChannel : "";
     }
-    const moneyFmt = (v) => money.format(v);
+    const moneyFmt = (v) => moneyAxis.format(v);
     chart("chart-money", [{ label: "spend", stroke: "#dc2626" }, { label: "revenue", stroke: "#16a34a" }],
       [xs, sum("spend"), sum("revenue")], moneyFmt);
     const perChannel = (key) => channels.map((c) => ({ label: c, stroke: colorOf(c, channels) }));
     chart("chart-romi", perChannel("romi"), [xs, ...channels.map((c) => column(c, "romi"))],
-      (v) => (v * 100).toFixed(0) + "%");
+      (v) => whole.format(v * 100) + "%");
     chart("chart-cpl", perChannel("cpl"), [xs, ...channels.map((c) => column(c, "cpl"))], moneyFmt);
     $("trend-note").textContent = xs.length ? `last ${xs.length} windows` : "";
   }
@@ -352,6 +353,8 @@
     state.info = await loadInfo();
     const info = state.info;
     money = new Intl.NumberFormat("en-US", { style: "currency", currency: info.reporting_currency });
+    moneyAxis = new Intl.NumberFormat("en-US", { style: "currency", currency: info.reporting_currency,
+      notation: "compact", maximumFractionDigits: 1 });
     $("meta").textContent = `money in ${info.reporting_currency} · model ${info.attribution_model} · ` +
       `windows of ${info.metrics_window_ms / 1000} s · signals over ${info.signal_window_ms / 1000} s ` +
       `(pause under ROMI ${info.romi_floor}, scale from ${info.romi_scale})`;
