@@ -16,6 +16,7 @@ One worker with WEB_TOKEN on an embedded broker of its own, `attribution simulat
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import time
@@ -200,6 +201,12 @@ def test_the_live_page(broker: str, browser: Any, tmp_path: Path) -> None:
         browser.save_screenshot(str(screenshot))
         if os.environ.get("PAGE_SCREENSHOT"):
             shutil.copyfile(screenshot, ROOT / os.environ["PAGE_SCREENSHOT"])
+            height = browser.execute_script("return document.documentElement.scrollHeight")
+            whole = browser.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}})
+            full = ROOT / os.environ["PAGE_SCREENSHOT"].replace(".png", "-full.png")
+            full.write_bytes(base64.b64decode(whole["data"]))
         assert simulator.process is not None and simulator.process.wait(60 + int(seconds)) == 0
 
         kpis = settled_kpis(port)
@@ -223,6 +230,19 @@ def test_the_live_page(broker: str, browser: Any, tmp_path: Path) -> None:
         last = browser.execute_script(READ_TABLE)
         assert int(last["start"]) < int(page["start"]) and same_figures(last, kpis) == []
         browser.find_element("id", "tab-current").click()
+
+        # --- sortable: by spend, highest first, then lowest first; by channel name
+        def column(key: str) -> list[Any]:
+            rows = browser.execute_script(READ_TABLE)["rows"]
+            return [row["channel"] if key == "channel" else float(row["values"][key] or "nan") for row in rows]
+
+        spends = column("spend")
+        assert spends == sorted(spends, reverse=True)  # the default order
+        browser.find_element("css selector", "#kpi-table th[data-key=spend]").click()
+        assert column("spend") == sorted(spends)
+        browser.find_element("css selector", "#kpi-table th[data-key=channel]").click()
+        assert column("channel") == sorted(column("channel"))
+        browser.find_element("css selector", "#kpi-table th[data-key=spend]").click()
 
         def signals_shown() -> bool:  # a signal can still change after the figures settled: read both again
             signals = {s["channel"]: s for s in api(port, "/api/v1/signals") if not s.get("campaign")}

@@ -96,20 +96,30 @@
     });
   }
 
+  // The header is built again only when the columns change, so that a click never lands on a replaced cell.
   function renderHead(table, columns) {
-    const row = el("tr");
-    for (const [key, header, kind] of [["channel", "Channel"], ["signal", "Signal"], ...columns]) {
-      const th = el("th", header, kind ? "num sortable" : "sortable");
-      th.dataset.key = key;
-      if (state.sortKey === key) th.classList.add(state.sortDir < 0 ? "desc" : "asc");
-      th.addEventListener("click", () => {
-        state.sortDir = state.sortKey === key ? -state.sortDir : key === "channel" || key === "signal" ? 1 : -1;
-        state.sortKey = key;
-        renderTable();
-      });
-      row.append(th);
+    const all = [["channel", "Channel"], ["signal", "Signal"], ...columns];
+    const key = all.map(([k]) => k).join("|");
+    if (table.dataset.columns !== key) {
+      table.dataset.columns = key;
+      const row = el("tr");
+      for (const [k, header, kind] of all) {
+        const th = el("th", header, kind ? "num sortable" : "sortable");
+        th.dataset.key = k;
+        row.append(th);
+      }
+      table.tHead.replaceChildren(row);
     }
-    table.tHead.replaceChildren(row);
+    for (const th of table.tHead.rows[0].cells) {
+      th.classList.toggle("desc", state.sortKey === th.dataset.key && state.sortDir < 0);
+      th.classList.toggle("asc", state.sortKey === th.dataset.key && state.sortDir > 0);
+    }
+  }
+
+  function sortBy(key) {
+    state.sortDir = state.sortKey === key ? -state.sortDir : key === "channel" || key === "signal" ? 1 : -1;
+    state.sortKey = key;
+    renderTable();
   }
 
   function renderTable() {
@@ -365,6 +375,10 @@
         renderTable();
       });
     }
+    $("kpi-table").tHead.addEventListener("click", (event) => {
+      const th = event.target.closest("th[data-key]");
+      if (th) sortBy(th.dataset.key);
+    });
     $("trend-channel").addEventListener("change", (event) => {
       state.trendChannel = event.target.value;
       renderTrends();
