@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -87,6 +89,18 @@ def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def post_login(port: int, token: str, next_path: str = "/") -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        body = urllib.parse.urlencode({"token": token, "next": next_path})
+        connection.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders())
+    finally:
+        connection.close()
 
 
 def api(port: int, path: str) -> Any:
@@ -178,6 +192,14 @@ def test_the_live_page(broker: str, browser: Any, tmp_path: Path) -> None:
         assert b'name="token"' in body  # the login form
         assert get(port, "/metrics")[0] == 200
         assert get(port, "/api/v1/trends?windows=0", TOKEN)[0] == 400
+        assert post_login(port, "wrong-token")[0] == 401
+        status, headers = post_login(port, TOKEN, "https://elsewhere.example/")
+        assert status == 303 and headers["Location"] == "/"  # never sent to another site
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert TOKEN not in cookie and "HttpOnly" in headers["Set-Cookie"]
+        with_cookie = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/kpis", headers={"Cookie": cookie})
+        with urllib.request.urlopen(with_cookie, timeout=5) as response:  # noqa: S310 - local test URL
+            assert response.status == 200
 
         # --- figures from the simulator in every part of the page's data
         wait_for("trends over 3 windows", lambda: len({m["window_start"] for m in api(port, "/api/v1/trends")}) >= 3,

@@ -84,3 +84,19 @@ def test_guard_answers_401_json_for_the_api_and_the_login_form_for_the_page() ->
 def test_guard_serves_a_request_with_the_token_or_the_session_cookie() -> None:
     assert call("t0k", headers={"Authorization": "Bearer t0k"})[0] == 200
     assert call("t0k", page=True, cookies={COOKIE_NAME: session_value("t0k")})[0] == 200
+
+
+def test_the_feed_hands_each_topic_to_its_board_and_skips_what_is_not_json() -> None:
+    from streams.stages.page import Feed
+
+    feed = Feed(SimpleNamespace(settings=Settings(metrics_window_ms=10_000)))  # type: ignore[arg-type]
+    feed.ingest("metrics.channel", b"email", orjson.dumps({"channel": "email", "campaign": None,
+                                                           "window_start": 0, "spend": 2.0}))
+    feed.ingest("signals", b"email", orjson.dumps({"channel": "email", "campaign": None, "action": "pause"}))
+    feed.ingest("attributions", b"o1", orjson.dumps({"conversion_id": "o1", "type": "order", "ts": 5, "models": {
+        "last_click": [{"channel": "email", "weight": 1.0, "revenue": 9.0}]}}))
+    feed.ingest("attributions", b"bad", b"{not json")
+    assert [m["spend"] for m in feed.trends.rows()] == [2.0]
+    assert [s["action"] for s in feed.signals.rows()] == ["pause"]
+    assert feed.models.view()["rows"][0]["revenue"] == 9.0
+    assert feed.ignored == 1
