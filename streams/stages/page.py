@@ -187,7 +187,7 @@ def page_info(w: Wiring) -> dict[str, Any]:
         "romi_scale": s.romi_scale,
         "ltv_stage": s.ltv_stage,
         "trend_windows": TREND_WINDOWS,
-        "worker": w.settings.worker_name,
+        "login": bool(s.web_token),  # the page offers to log out
     }
 
 

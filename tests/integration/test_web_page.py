@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import math
 import os
 import shutil
 import time
@@ -33,6 +34,7 @@ import orjson
 import pytest
 
 from streams.commands.demo import DEMO_DEFAULTS
+from streams.commands.top import total_row
 from streams.kafka.embedded_broker import EmbeddedBroker
 from tests.integration.services import WorkerProcess, produce
 
@@ -51,6 +53,9 @@ return {start: table.dataset.windowStart, rows: [...table.tBodies[0].rows].map((
   values: Object.fromEntries([...tr.querySelectorAll('td[data-key]')].map((td) => [td.dataset.key, td.dataset.value])),
   texts: Object.fromEntries([...tr.querySelectorAll('td[data-key]')].map((td) => [td.dataset.key, td.textContent]))}))};
 """
+
+READ_TOTAL = """return Object.fromEntries([...document.querySelectorAll('#kpi-table tfoot td[data-key]')]
+  .map((td) => [td.dataset.key, td.dataset.value]));"""
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +253,10 @@ def test_the_live_page(broker: str, browser: Any, tmp_path: Path) -> None:
             lambda p: p if not same_figures(p, kpis) else None)(browser.execute_script(READ_TABLE)), 5)
         assert len(page["rows"]) >= 5
         visible_text_matches(page, kpis)
+        expected_total = total_row([m for m in kpis if m["window_start"] == int(page["start"])])
+        for key, text in browser.execute_script(READ_TOTAL).items():  # the total row: `attribution top`'s
+            want = expected_total[key]
+            assert (text == "") if want is None else math.isclose(float(text), want, rel_tol=1e-9, abs_tol=1e-9), key
         browser.find_element("id", "tab-last").click()
         last = browser.execute_script(READ_TABLE)
         assert int(last["start"]) < int(page["start"]) and same_figures(last, kpis) == []
@@ -312,6 +321,11 @@ def test_the_live_page(broker: str, browser: Any, tmp_path: Path) -> None:
         assert on_page - in_api <= 5.0
         assert console_errors(browser) == []
 
+        # --- log out: the login form again
+        browser.find_element("css selector", "#logout button").click()
+        wait_for("the login form after logging out", lambda: browser.find_elements("name", "token"), 5)
+        assert get(port, "/api/v1/info", TOKEN)[0] == 200 and api(port, "/api/v1/info")["login"] is True
+
     finally:
         for process in reversed(workers):
             process.stop(timeout=15)
@@ -326,6 +340,7 @@ def test_without_web_token_the_page_is_open_and_the_log_says_so_once(tmp_path: P
             worker.wait_http("/api/v1/kpis", timeout=90)
             assert get(worker.web_port, "/")[0] == 200
             assert get(worker.web_port, "/api/v1/kpis") == (200, b"[]")
+            assert orjson.loads(get(worker.web_port, "/api/v1/info")[1])["login"] is False
             assert worker.log_text().count("WEB_TOKEN is unset") == 1
     finally:
         embedded.stop()

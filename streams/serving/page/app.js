@@ -69,6 +69,30 @@
   }
 
   // --- the channel table -------------------------------------------------------------------------------
+  // The channels' sum, its KPIs from the sums (the formulas of streams/core/kpis.py, as `attribution top` shows).
+  const ADDITIVE = ["impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit"];
+  function totalRow(rows) {
+    const sum = (k) => rows.reduce((total, r) => total + (isNum(r[k]) ? r[k] : 0), 0);
+    const t = Object.fromEntries(ADDITIVE.map((k) => [k, sum(k)]));
+    const ratio = (n, d, scale = 1) => (d === 0 ? null : (scale * n) / d);
+    return {
+      channel: "total", ...t,
+      ctr: ratio(t.clicks, t.impressions), cpc: ratio(t.spend, t.clicks), cpm: ratio(t.spend, t.impressions, 1000),
+      cpl: ratio(t.spend, t.leads), cpa: ratio(t.spend, t.orders), cac: ratio(t.spend, t.new_customers),
+      conversion_rate: ratio(t.orders, t.clicks), aov: ratio(t.revenue, t.orders), roas: ratio(t.revenue, t.spend),
+      roi: ratio(t.revenue - t.spend, t.spend), romi: ratio(t.gross_profit - t.spend, t.spend),
+    };
+  }
+
+  function figureCells(tr, r, columns) {
+    for (const [key, , kind] of columns) {
+      const td = el("td", fmt(kind, r[key]), "num");
+      td.dataset.key = key;
+      td.dataset.value = isNum(r[key]) ? String(r[key]) : "";
+      tr.append(td);
+    }
+  }
+
   function windowsOf(kpis) {
     const starts = [...new Set(kpis.map((m) => m.window_start))].sort((a, b) => b - a);
     return { current: starts[0], last: starts[1] };
@@ -146,15 +170,14 @@
         cell.append(el("span", "—", "reason"));
       }
       tr.append(cell);
-      for (const [key, , kind] of columns) {
-        const td = el("td", fmt(kind, r[key]), "num");
-        td.dataset.key = key;
-        td.dataset.value = isNum(r[key]) ? String(r[key]) : "";
-        tr.append(td);
-      }
+      figureCells(tr, r, columns);
       body.append(tr);
     }
     table.tBodies[0].replaceChildren(body);
+    const total = el("tr", null, "total");
+    total.append(el("td", "total", "channel"), el("td"));
+    figureCells(total, totalRow(rows), columns);
+    table.tFoot.replaceChildren(...(rows.length > 1 ? [total] : []));
     const sample = rows[0];
     $("window-note").textContent = sample
       ? `${clock(sample.window_start)}–${clock(sample.window_end)}${rows.every((r) => r.final) ? " (final)" : ""}`
@@ -368,6 +391,7 @@
     $("meta").textContent = `money in ${info.reporting_currency} · model ${info.attribution_model} · ` +
       `windows of ${info.metrics_window_ms / 1000} s · signals over ${info.signal_window_ms / 1000} s ` +
       `(pause under ROMI ${info.romi_floor}, scale from ${info.romi_scale})`;
+    $("logout").hidden = !info.login;
     for (const button of document.querySelectorAll(".tabs button")) {
       button.addEventListener("click", () => {
         state.window = button.dataset.window;
