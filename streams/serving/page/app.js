@@ -201,7 +201,8 @@
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true } },
       series: [{}, ...series.map((s) => ({ spanGaps: true, width: 2, points: { show: false }, ...s }))],
-      axes: [{ stroke: "#64748b", grid: { stroke: "#eef2f7" } },
+      axes: [{ stroke: "#64748b", grid: { stroke: "#eef2f7" }, space: 70,
+        values: (u, splits) => splits.map((seconds) => clock(seconds * 1000)) },
         { stroke: "#64748b", grid: { stroke: "#eef2f7" }, size: 62, values: axisValues }],
     };
     charts[id] = { key, plot: new uPlot(opts, data, target) };
