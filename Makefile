@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint bench up down deps system-deps clean
+.PHONY: demo test unit integration lint bench up down deps system-deps clean web-vendor
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ unit: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
+
+# The live page's chart library (uPlot, pinned in streams/serving/page/vendor/PIN.json) from the npm registry.
+web-vendor:
+	deploy/web/fetch-uplot.sh
 
 bench: deps system-deps
 	deploy/kafka/kafka.sh fetch

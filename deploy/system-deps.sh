@@ -8,6 +8,8 @@ command -v kcat >/dev/null || need+=(kcat)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v chromium >/dev/null || need+=(chromium)  # the live page's browser test (tests/integration/test_web_page.py)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}" >&2
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -75,6 +75,7 @@ class Settings:
     collector_keys: tuple[str, ...] = ()
     collector_port: int = 8080
     web_port: int = 6066
+    web_token: str | None = None  # unset: the page and the read API are open
     prometheus_pushgateway: str | None = None
     default_margin: float = 1.0
     signal_window_ms: int = 3_600_000
@@ -121,6 +122,7 @@ class Settings:
             collector_keys=reader.get("COLLECTOR_KEYS", (), _keys),
             collector_port=reader.get("COLLECTOR_PORT", 8080, _port),
             web_port=reader.get("WEB_PORT", 6066, _port),
+            web_token=reader.get("WEB_TOKEN", None, _token),
             prometheus_pushgateway=reader.get("PROMETHEUS_PUSHGATEWAY", None, parse_bootstrap),
             default_margin=reader.get("DEFAULT_MARGIN", 1.0, _unit_interval),
             signal_window_ms=reader.get("SIGNAL_WINDOW", "1h", _positive_duration),
@@ -226,6 +228,12 @@ def _currency(text: str) -> str:
 
 def _keys(text: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def _token(text: str) -> str:
+    if not all(33 <= ord(char) <= 126 for char in text):
+        raise ValueError("must be printable ASCII without spaces (it travels in an Authorization header)")
+    return text
 
 
 def _redis_url(text: str) -> str:

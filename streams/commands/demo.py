@@ -211,6 +211,7 @@ async def _demo(
         console.print(
             "[bold]attribution demo[/bold]\n"
             f"  broker     {broker_line}\n"
+            f"  page       http://127.0.0.1:{env['WEB_PORT']}/  (live table, trends, lifetime value, models, health)\n"
             f"  worker     pid {by_name['worker'].pid}; http://127.0.0.1:{env['WEB_PORT']}/metrics and /api/v1/kpis\n"
             f"  collector  pid {by_name['collector'].pid}; "
             f"http://127.0.0.1:{env['COLLECTOR_PORT']}/px?e=click&tid=me&ch=google_ads, "

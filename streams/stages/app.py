@@ -63,6 +63,8 @@ def build(
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         web_in_thread=False,
+        web_tables_enabled=False,  # Faust's /table serves table rows (tracking IDs) to anyone, past WEB_TOKEN
+        web_router_enabled=False,  # and /router the workers' URLs; nothing here routes by table key
         broker_session_timeout=session_timeout_s,
         broker_rebalance_timeout=session_timeout_s,
         broker_heartbeat_interval=min(1.0, session_timeout_s / 3),

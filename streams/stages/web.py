@@ -1,4 +1,5 @@
-"""The worker's HTTP endpoints on WEB_PORT: `/metrics` and the read API (CONTRACT.md section 6).
+"""The worker's HTTP endpoints on WEB_PORT: `/metrics` and the read API (CONTRACT.md section 6); the live page
+and the endpoints only it needs are in `streams.stages.page`. With WEB_TOKEN set, the read API needs it.
 
 The read API serves the latest messages the metrics and LTV stages saved in the store. The in-process
 store starts empty, so a worker without Redis refills it at start from the tails of `metrics.channel`
@@ -15,6 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.kafka.topics import METRICS_CHANNEL_TOPIC, METRICS_LTV_TOPIC, read_tails
+from streams.stages import page
 from streams.stages.ltv import LTV_NAMESPACE
 from streams.stages.metrics import KPI_NAMESPACE
 from streams.stages.topology import Wiring
@@ -95,18 +97,19 @@ def register(w: Wiring) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(w.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @w.app.page("/api/v1/kpis")
     async def kpis(web: Any, request: Any) -> Any:
         stored = await w.store.get_latest(KPI_NAMESPACE)
         return web.bytes(orjson.dumps(latest_kpis(stored)), content_type="application/json")
 
-    @w.app.page("/api/v1/state")
     async def state(web: Any, request: Any) -> Any:
         return web.bytes(orjson.dumps(state_summary(w)), content_type="application/json")
 
-    @w.app.page("/api/v1/ltv")
     async def ltv(web: Any, request: Any) -> Any:
         if not w.settings.ltv_stage:  # not stale figures from an earlier run: say why there are none
             return web.bytes(orjson.dumps(LTV_OFF), content_type="application/json", status=404)
         stored = await w.store.get_latest(LTV_NAMESPACE)
         return web.bytes(orjson.dumps(latest_ltv(stored)), content_type="application/json")
+
+    for path, handler in (("kpis", kpis), ("state", state), ("ltv", ltv)):
+        w.app.page(f"/api/v1/{path}", name=handler.__name__)(page.guard(w, handler))
+    page.register(w, state_summary)

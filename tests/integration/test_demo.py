@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def test_demo_shows_kpis_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         family |= descendants(demo.pid)
         assert demo.poll() is None, f"the demo ended by itself:\n{out_path.read_text()}"
         assert len(family) >= 4, family  # broker, worker, collector, simulator
+        page = re.search(r"page +(http://\S+)", out_path.read_text())
+        assert page and page.group(1) == f"http://127.0.0.1:{env['WEB_PORT']}/", out_path.read_text()
+        with urllib.request.urlopen(page.group(1), timeout=5) as response:  # noqa: S310 - the demo's local page
+            assert response.status == 200 and b"<title>Attribution" in response.read()
 
         demo.send_signal(signal.SIGINT)
         demo.wait(90)

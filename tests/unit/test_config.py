@@ -33,6 +33,7 @@ def test_every_contract_variable_has_its_documented_default() -> None:
     assert s.collector_keys == ()  # unset: batch API closed
     assert s.collector_port == 8080
     assert s.web_port == 6066
+    assert s.web_token is None  # unset: the page and the read API are open
     assert s.prometheus_pushgateway is None
     assert s.default_margin == 1.0
     assert s.signal_window_ms == 3_600_000
@@ -90,6 +91,7 @@ def test_a_duration_without_a_known_unit_is_rejected(text: str) -> None:
         ("COLLECTOR_KEYS", "collector_keys", "k1, k2,,", ("k1", "k2")),
         ("COLLECTOR_PORT", "collector_port", "9000", 9000),
         ("WEB_PORT", "web_port", "6067", 6067),
+        ("WEB_TOKEN", "web_token", "s3cret-Token_1", "s3cret-Token_1"),
         ("PROMETHEUS_PUSHGATEWAY", "prometheus_pushgateway", "pgw:9091", "pgw:9091"),
         ("DEFAULT_MARGIN", "default_margin", "0.4", 0.4),
         ("SIGNAL_WINDOW", "signal_window_ms", "30m", 1_800_000),
@@ -142,6 +144,8 @@ def test_fx_rates_tolerate_spaces_and_a_trailing_comma() -> None:
         ("COLLECTOR_PORT", "65536"),
         ("COLLECTOR_PORT", "http"),
         ("WEB_PORT", "-1"),
+        ("WEB_TOKEN", "two words"),
+        ("WEB_TOKEN", "caf\u00e9"),
         ("PROMETHEUS_PUSHGATEWAY", "pushgateway"),
         ("DEFAULT_MARGIN", "1.5"),
         ("DEFAULT_MARGIN", "-0.1"),
