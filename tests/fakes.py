@@ -13,6 +13,9 @@ class FakeTable(dict):  # type: ignore[type-arg]
     def data(self) -> FakeTable:
         return self
 
+    def row(self, key: str) -> Any:
+        return self.get(key)
+
     def put_rows(self, rows: dict[str, Any]) -> None:
         for key, row in rows.items():
             if row is None:

@@ -44,9 +44,20 @@ class KeyPartitionedTable(faust.Table):
         self.unsent: dict[int, list[tuple[bytes, bytes | None]]] = {}
         self.sending = asyncio.Lock()
         self.deliveries: list[asyncio.Future[Any]] = []
+        self._row_lookup: Callable[[str], Any] | None = None
 
     def partition_for_key(self, key: Any) -> int:
         return self.partition_for(key)
+
+    def row(self, key: str) -> Any:
+        """The row of `key`, or None, from the store itself. `table.get(key)` goes through Faust's table layer
+        and `Mapping.get`, which raises and catches a KeyError for every key that is not there: 1.2 us a miss,
+        where the memory store's dict takes 0.04 us (the journeys stage looks a row up for nearly every event)."""
+        lookup = self._row_lookup
+        if lookup is None:
+            rows = getattr(self.data, "data", None)  # the memory store keeps its rows in a plain dict
+            lookup = self._row_lookup = rows.get if type(rows) is dict else self.data.get
+        return lookup(key)
 
     def _new_store_by_url(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):

@@ -144,7 +144,7 @@ class JourneyStage:
             return
         journey = absorbed.journeys.get(key)
         if journey is None:
-            journey = absorbed.journeys[key] = Journey.from_row(self.w.journeys.get(key))
+            journey = absorbed.journeys[key] = Journey.from_row(self.w.journeys.row(key))
         admission = journey.admit(item, seq, self.retention)
         if admission is Admission.DUPLICATE:
             absorbed.outcomes[kind, "duplicate"] += 1  # this one, or the later pending order it supersedes
@@ -203,7 +203,7 @@ class JourneyStage:
     def partial(self, partials: dict[str, Partial], key: str) -> Partial:
         partial = partials.get(key)
         if partial is None:
-            partial = partials[key] = Partial.from_row(self.w.partials.get(key))
+            partial = partials[key] = Partial.from_row(self.w.partials.row(key))
         return partial
 
     def write_partials(self, partials: dict[str, Partial]) -> None:

@@ -73,3 +73,14 @@ def test_a_key_goes_to_its_partition_in_the_order_put_and_none_is_a_tombstone(wi
     records = queued(table)
     v1 = [value for key, value in records[table.partition_for("v1")] if key == b'"v1"']
     assert v1 == [table.changelog_topic.prepare_value(ROW, table.value_serializer, None, {})[0], None]
+
+
+def test_a_row_is_read_from_the_store_as_the_table_reads_it(wiring: Wiring, table_name: str) -> None:
+    table, ROW = table_of(wiring, table_name), ROWS[table_name]
+    table.put_rows(dict.fromkeys(KEYS, ROW))
+    queued(table)
+    assert [table.row(key) for key in KEYS] == [table.get(key) for key in KEYS] == [ROW] * len(KEYS)
+    assert table.row("never written") is None is table.get("never written")
+    table.put_rows({KEYS[0]: None})
+    queued(table)
+    assert table.row(KEYS[0]) is None
