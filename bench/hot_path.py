@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from bench.data import build
@@ -76,8 +77,11 @@ def input_records(events: int, shape: str) -> list[Any]:
 async def run_intake(w: Any, records: list[Any]) -> list[Sent]:
     producer = KeepingProducer()
     intake = Intake(w, producer, consumer=None)  # type: ignore[arg-type]
-    for start in range(0, len(records), 1000):
-        await intake.handle(records[start : start + 1000])
+    for start in range(0, len(records), 1000):  # a read: up to 1,000 records, grouped by input partition
+        fetched: dict[TopicPartition, list[Any]] = {}
+        for record in records[start : start + 1000]:
+            fetched.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        await intake.handle(fetched)
     return producer.sent
 
 

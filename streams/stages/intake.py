@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from operator import itemgetter
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -64,7 +64,6 @@ FUTURE_TOLERANCE_MS = 300_000  # a clock far in the future must not close every 
 # Conversions wait until these are read past their ts: touchpoints (so none is missed) and the other
 # conversions (so a customer's earlier order is judged first, whatever partition it came on).
 WATERMARK_TOPICS = ("impressions", "clicks", "leads", "orders")
-EVENT_TS = itemgetter(2)  # every normalised event is (kind, event_id, ts, ...)
 
 
 class IntakeWiring(Protocol):
@@ -106,25 +105,30 @@ class Intake:
         self.last_lag_report = 0.0
         self.reported_lag: set[tuple[str, str]] = set()
 
-    async def handle(self, records: list[Any]) -> None:
+    async def handle(self, fetched: Mapping[TopicPartition, list[Any]]) -> None:
+        """One read: the records of each input partition, in offset order."""
         routed: dict[int, list[list[Any]]] = defaultdict(list)
         read: list[tuple[TopicPartition, int, int | None]] = []
         newest = None  # the highest event time routed
-        for record in records:
-            valid, rejections = parse_message(record.value, record.topic, self.w.settings)
-            for rejection in rejections:
-                self.invalid[record.topic].inc()
-                dead = dlq_record(rejection.error, record.topic, record.partition, record.offset, rejection.index,
-                                  record.value)
-                await self.produce(DLQ_TOPIC, dead)
-            for item in valid:
-                key = route_key(item)
-                routed[self.w.partition_of(key)].append([key, list(item)])
-            max_ts = max(map(EVENT_TS, valid), default=None)
+        settings, partition_of = self.w.settings, self.w.partition_of
+        for tp, records in fetched.items():
+            topic, max_ts = tp.topic, None
+            for record in records:
+                valid, rejections = parse_message(record.value, topic, settings)
+                for rejection in rejections:
+                    self.invalid[topic].inc()
+                    dead = dlq_record(rejection.error, topic, tp.partition, record.offset, rejection.index,
+                                      record.value)
+                    await self.produce(DLQ_TOPIC, dead)
+                for item in valid:
+                    key = route_key(item)
+                    routed[partition_of(key)].append([key, list(item)])
+                    if max_ts is None or item.ts > max_ts:
+                        max_ts = item.ts
             if max_ts is not None:
                 newest = max_ts if newest is None else max(newest, max_ts)
-            if record.topic in WATERMARK_TOPICS:
-                read.append((TopicPartition(record.topic, record.partition), record.offset, max_ts))
+            if topic in WATERMARK_TOPICS and records:
+                read.append((tp, records[-1].offset, max_ts))
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
                 await self.send(partition, self.mark, items[start : start + SEQ_PER_MESSAGE])
@@ -260,8 +264,7 @@ class IntakeReader(Service):
         while not self.should_stop:
             fetched = await consumer.getmany(timeout_ms=int(HEARTBEAT_INTERVAL_S * 1000), max_records=BATCH_MAX)
             async with self.reading:
-                records = [record for batch in fetched.values() for record in batch]
-                await self.intake.handle(records)
+                await self.intake.handle(fetched)
                 for tp, batch in fetched.items():
                     self.read_to[tp] = batch[-1].offset + 1
                 if time.monotonic() >= next_heartbeat:
