@@ -63,6 +63,7 @@ class Settings:
     redis_url: str | None = None
     topic_partitions: int = 8
     topic_replication: int | None = None  # TOPIC_REPLICATION unset: min(3, brokers) (streams.kafka.topics)
+    dlq_retention_ms: int = 7 * 86_400_000  # DLQ_RETENTION: rejected inputs carry raw identifiers
     attribution_model: Model = "last_click"
     click_lookback_ms: int = 30 * 86_400_000
     view_lookback_ms: int = 86_400_000
@@ -110,6 +111,7 @@ class Settings:
             redis_url=reader.get("REDIS_URL", None, _redis_url),
             topic_partitions=reader.get("TOPIC_PARTITIONS", 8, _positive_int),
             topic_replication=reader.get("TOPIC_REPLICATION", None, _positive_int),
+            dlq_retention_ms=reader.get("DLQ_RETENTION", "7d", _positive_duration),
             attribution_model=reader.get("ATTRIBUTION_MODEL", "last_click", _model),
             click_lookback_ms=reader.get("CLICK_LOOKBACK", "30d", _positive_duration),
             view_lookback_ms=reader.get("VIEW_LOOKBACK", "1d", _positive_duration),

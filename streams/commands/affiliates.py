@@ -46,7 +46,7 @@ async def publish(producer: AIOKafkaProducer, affiliates: Iterable[Affiliate]) -
 async def publish_to(bootstrap: str, settings: Settings, affiliates: Sequence[Affiliate]) -> int:
     """Make sure the topics exist, then publish `affiliates` with a producer of its own."""
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
+    await ensure_topics(bootstrap, settings)
     producer = make_producer(bootstrap)
     await producer.start()
     try:

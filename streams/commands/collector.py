@@ -555,7 +555,7 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
 
 async def _serve(settings: Settings, bootstrap: str) -> int:
     try:
-        await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
+        await ensure_topics(bootstrap, settings)
         producer, idempotent = await start_producer(bootstrap)
     except (KafkaError, OSError, TimeoutError) as exc:
         log.error("cannot reach Kafka at %s: %s", bootstrap, exc)

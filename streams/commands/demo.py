@@ -192,7 +192,7 @@ async def _demo(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
+    await ensure_topics(bootstrap, settings)
     env = child_env(os.environ, bootstrap)
     python = [sys.executable, "-m", "streams.commands.cli"]
     rate = f"{args.rate:g}"

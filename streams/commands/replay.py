@@ -198,7 +198,7 @@ async def replay(bootstrap: str, settings: Settings, path: Path) -> tuple[Groupe
     from streams.kafka.topics import ensure_topics, make_producer, wait_for_broker
 
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
+    await ensure_topics(bootstrap, settings)
     producer = make_producer(bootstrap, linger_ms=20)
     await producer.start()
     grouper = Grouper()

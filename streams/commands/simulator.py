@@ -586,7 +586,7 @@ async def simulate(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(signum, stop.set)
     await wait_for_broker(bootstrap)
-    await ensure_topics(bootstrap, settings.topic_partitions, replication=settings.topic_replication)
+    await ensure_topics(bootstrap, settings)
     producer = make_producer(bootstrap, linger_ms=10)
     await producer.start()
     tty = out.isatty() if hasattr(out, "isatty") else False

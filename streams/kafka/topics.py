@@ -13,8 +13,10 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.config import Settings
 from streams.core.events import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
@@ -67,32 +69,40 @@ def auto_replication(brokers: int) -> int:
 
 
 async def ensure_topics(
-    bootstrap: str, partitions: int, names: tuple[str, ...] = PUBLIC_TOPICS, compacted: tuple[str, ...] = (),
-    replication: int | None = None,
+    bootstrap: str, settings: Settings, names: tuple[str, ...] = PUBLIC_TOPICS, compacted: tuple[str, ...] = ()
 ) -> int:
-    """Create the topics that do not exist yet (`affiliates` compacted, one partition), each partition on
-    `replication` brokers (None: `auto_replication`); returns that replication."""
+    """Create the topics that do not exist yet with TOPIC_PARTITIONS partitions (`affiliates` compacted, one
+    partition), each partition on TOPIC_REPLICATION brokers (unset: `auto_replication`), and keep `events.dlq`
+    for DLQ_RETENTION (an existing one is set to it too: rejected inputs carry raw identifiers). Returns the
+    replication."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        replication = settings.topic_replication
         if replication is None:
             replication = auto_replication(len((await admin.describe_cluster())["brokers"]))
         existing = set(await admin.list_topics())
-        compact = {"cleanup.policy": "compact"}
+        configs = {name: {"cleanup.policy": "compact"} for name in (*compacted, AFFILIATES_TOPIC)}
+        configs[DLQ_TOPIC] = dlq_config(settings)
         wanted = [
-            NewTopic(name, partitions, replication, topic_configs=compact if name in compacted else {})
-            for name in (*names, *compacted) if name not in existing
+            NewTopic(name, 1 if name == AFFILIATES_TOPIC else settings.topic_partitions, replication,
+                     topic_configs=configs.get(name, {}))
+            for name in dict.fromkeys((*names, *compacted, AFFILIATES_TOPIC)) if name not in existing
         ]
-        if AFFILIATES_TOPIC not in existing:
-            wanted.append(NewTopic(AFFILIATES_TOPIC, 1, replication, topic_configs={"cleanup.policy": "compact"}))
         for topic in wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process made it meanwhile
                 await admin.create_topics([topic])
         if wanted:
             log.info("created topics with %d replicas: %s", replication, ", ".join(t.name for t in wanted))
+        if DLQ_TOPIC in existing:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, DLQ_TOPIC, configs[DLQ_TOPIC])])
         return replication
     finally:
         await admin.close()
+
+
+def dlq_config(settings: Settings) -> dict[str, str]:
+    return {"retention.ms": str(settings.dlq_retention_ms)}
 
 
 async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:

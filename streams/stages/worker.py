@@ -104,8 +104,7 @@ async def prepare_topics(bootstrap: str, settings: Settings) -> int:
     from streams.stages.topology import CHANGELOG_TOPICS, CO_PARTITIONED_TOPICS, INTERNAL_TOPICS
 
     await wait_for_broker(bootstrap)
-    replication = await ensure_topics(bootstrap, settings.topic_partitions, PUBLIC_TOPICS + INTERNAL_TOPICS,
-                                      CHANGELOG_TOPICS, settings.topic_replication)
+    replication = await ensure_topics(bootstrap, settings, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
     counts = await partition_counts(bootstrap, CO_PARTITIONED_TOPICS)
     wrong = {name: n for name, n in counts.items() if n != settings.topic_partitions}
     if wrong:

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.config import Settings
 from streams.kafka.topics import PUBLIC_TOPICS, ensure_topics, partition_counts
 from streams.stages.topology import CHANGELOG_TOPICS, INTERNAL_TOPICS
 from tests.integration.services import KafkaBroker, WorkerProcess, consume_all, produce
@@ -144,7 +145,8 @@ async def create_engine_topics(bootstrap: str) -> None:
 
     Right after creation a fresh broker describes some topics with 0 partitions for up to ~1 s
     (measured), which the worker's start-up check takes for a mismatch (see the lead's notes)."""
-    await ensure_topics(bootstrap, PARTITIONS, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
+    await ensure_topics(bootstrap, Settings(topic_partitions=PARTITIONS), PUBLIC_TOPICS + INTERNAL_TOPICS,
+                        CHANGELOG_TOPICS)
     deadline = time.monotonic() + 30
     while set((await partition_counts(bootstrap, INTERNAL_TOPICS + CHANGELOG_TOPICS)).values()) != {PARTITIONS}:
         assert time.monotonic() < deadline, "the engine's topics did not show their partitions"

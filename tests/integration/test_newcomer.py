@@ -26,7 +26,7 @@ from streams.config import Settings
 from streams.core.affiliates import Affiliate, parse_affiliate
 from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, validate
 from streams.core.kpis import Figures, metrics_message
-from streams.kafka.topics import AFFILIATES_TOPIC, METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, ensure_topics
+from streams.kafka.topics import AFFILIATES_TOPIC, DLQ_TOPIC, METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, ensure_topics
 from tests.integration.services import WorkerProcess, consume_all, produce
 
 pytestmark = pytest.mark.integration
@@ -108,6 +108,20 @@ def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     return asyncio.run(describe())
 
 
+def test_events_dlq_is_kept_for_dlq_retention_also_when_it_existed_before(kafka_bootstrap: str) -> None:
+    """Rejected inputs carry raw identifiers (CONTRACT.md section 10): `events.dlq` keeps them DLQ_RETENTION."""
+    try:
+        for retention, ms in (("2d", 172_800_000), ("7d", 604_800_000)):  # made (or set) first, then set again
+            settings = Settings.from_env({"TOPIC_PARTITIONS": "8", "DLQ_RETENTION": retention})
+            asyncio.run(ensure_topics(kafka_bootstrap, settings))
+            deadline = time.monotonic() + 15  # the brokers apply a changed topic config a moment later
+            while (kept := _topic_config(kafka_bootstrap, DLQ_TOPIC)["retention.ms"]) != str(ms):
+                assert time.monotonic() < deadline, f"events.dlq keeps {kept} ms, not {ms}"
+                time.sleep(0.2)
+    finally:
+        asyncio.run(ensure_topics(kafka_bootstrap, Settings(topic_partitions=8)))  # the default, for the others
+
+
 def test_affiliates_load_publishes_valid_records_to_the_compacted_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     records = [
@@ -187,7 +201,7 @@ def test_top_once_renders_the_figures_on_the_metric_topic(kafka_bootstrap: str) 
         metrics_message(google, None, start, window, False, Figures(1000, 42, 5.0, 2.0, 1.0, 240.0, 50.0, 96.0)),
         metrics_message(google, None, start, window, False, Figures(1234, 56, 5.0, 4.0, 1.0, 480.0, 80.0, 200.0)),
     ]
-    asyncio.run(ensure_topics(kafka_bootstrap, 8))
+    asyncio.run(ensure_topics(kafka_bootstrap, Settings(topic_partitions=8)))
     for msg in messages:
         asyncio.run(produce(kafka_bootstrap, METRICS_CHANNEL_TOPIC, [orjson.dumps(msg)], key=msg["channel"].encode()))
     signal = {"channel": tiktok, "campaign": None, "action": "pause"}

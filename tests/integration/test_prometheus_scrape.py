@@ -47,6 +47,7 @@ import pytest
 import yaml
 
 from streams.commands.simulator import AFFILIATE_RECORDS
+from streams.config import Settings
 from streams.kafka.embedded_broker import _pdeathsig_hook
 from streams.kafka.topics import AFFILIATES_TOPIC, PUBLIC_TOPICS, ensure_topics, partition_counts
 from streams.stages.topology import CHANGELOG_TOPICS, INTERNAL_TOPICS
@@ -347,7 +348,8 @@ class Stack:
 async def create_engine_topics(bootstrap: str) -> None:
     """The engine's topics as the worker makes them (a fresh broker may show 0 partitions for a moment),
     and the simulator's affiliates on the compacted `affiliates` topic."""
-    await ensure_topics(bootstrap, PARTITIONS, PUBLIC_TOPICS + INTERNAL_TOPICS, CHANGELOG_TOPICS)
+    await ensure_topics(bootstrap, Settings(topic_partitions=PARTITIONS), PUBLIC_TOPICS + INTERNAL_TOPICS,
+                        CHANGELOG_TOPICS)
     deadline = time.monotonic() + 30
     while set((await partition_counts(bootstrap, INTERNAL_TOPICS + CHANGELOG_TOPICS)).values()) != {PARTITIONS}:
         assert time.monotonic() < deadline, "the engine's topics did not show their partitions"

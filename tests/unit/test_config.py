@@ -255,3 +255,10 @@ def test_topic_replication_is_unset_by_default_or_a_positive_number() -> None:
 def test_a_bad_topic_replication_raises_config_error_naming_it(text: str) -> None:
     with pytest.raises(ConfigError, match=f"^TOPIC_REPLICATION='{text}' is not valid"):
         settings(TOPIC_REPLICATION=text)
+
+
+def test_dlq_retention_is_seven_days_by_default_or_a_positive_duration() -> None:
+    assert settings().dlq_retention_ms == 7 * 86_400_000
+    assert settings(DLQ_RETENTION="36h").dlq_retention_ms == 36 * 3_600_000
+    with pytest.raises(ConfigError, match="^DLQ_RETENTION='0s' is not valid"):
+        settings(DLQ_RETENTION="0s")
