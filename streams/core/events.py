@@ -23,6 +23,9 @@ from streams.core.fast_events import decode_valid, struct_for
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 NONE_CAMPAIGN = "(none)"
+# The tracking_id (and order_id) of an event sent with "consent": false: no identifier of the visitor goes further
+# than the intake, and the event joins no journey (CONTRACT.md section 10). Never a valid id: they are not empty.
+ANONYMOUS = ""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -222,41 +225,44 @@ def to_reporting(amount: float, currency: str | None, settings: Settings, field:
 def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
     ts = parse_ts(obj["ts"])
     currency = obj.get("currency")
+    if kind == "spend":
+        return Spend(
+            "s",
+            obj["event_id"],
+            ts,
+            obj["channel"],
+            obj.get("campaign") or NONE_CAMPAIGN,
+            to_reporting(obj["amount"], currency, settings, "amount"),
+        )
+    consented = obj.get("consent") is not False
+    tracking_id = obj["tracking_id"] if consented else ANONYMOUS
     if kind in ("impression", "click"):
         cost = obj.get("cost")
         return _new_event(Touch, (  # nearly every event: built from a tuple (see `_new_event`)
             "i" if kind == "impression" else "c",
             obj["event_id"],
             ts,
-            obj["tracking_id"],
+            tracking_id,
             obj["channel"],
             obj.get("campaign") or NONE_CAMPAIGN,
             obj.get("affiliate_id") if kind == "click" else None,
             0.0 if cost is None else to_reporting(cost, currency, settings, "cost"),
         ))
-    if kind == "lead":
-        return Lead("l", obj["event_id"], ts, obj["tracking_id"], obj.get("customer_id"))
+    customer_id = obj.get("customer_id") if consented else None
     if kind == "order":
         margin = obj.get("margin")
         return Order(
             "o",
             obj["event_id"],
             ts,
-            obj["tracking_id"],
-            obj["order_id"],
+            tracking_id,
+            obj["order_id"] if consented else ANONYMOUS,
             to_reporting(obj["revenue"], currency, settings, "revenue"),
             None if margin is None else float(margin),
             obj.get("promo_code") or None,
-            obj.get("customer_id"),
+            customer_id,
         )
-    return Spend(
-        "s",
-        obj["event_id"],
-        ts,
-        obj["channel"],
-        obj.get("campaign") or NONE_CAMPAIGN,
-        to_reporting(obj["amount"], currency, settings, "amount"),
-    )
+    return Lead("l", obj["event_id"], ts, tracking_id, customer_id)
 
 
 def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:

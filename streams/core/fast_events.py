@@ -49,6 +49,9 @@ def branch_type(spec: dict[str, Any]) -> Any:
         _known(spec, NUMBER_KEYS)
         number = int if kind == "integer" else float
         return Annotated[number, msgspec.Meta(ge=spec.get("minimum"), le=spec.get("maximum"))]
+    if kind == "boolean":
+        _known(spec, NOTE_KEYS | {"type"})
+        return bool
     if kind == "null":
         return type(None)
     raise UnsupportedSchema(f"schema branch {spec}")

@@ -36,6 +36,7 @@ SPEND_KEY_PREFIX = "\x00spend/"
 # key collects every spend id of a channel for the whole dedup window (a changelog value over
 # Kafka's 1 MiB message limit crash-loops the worker).
 SPEND_SHARDS = 64
+ANONYMOUS_KEY_PREFIX = "\x00anonymous/"
 # A tracking ID with more than this (a bot, a shared cookie) keeps only its latest touchpoints and
 # ids: its changelog value stays far below Kafka's 1 MiB message limit.
 MAX_TOUCHES = 500
@@ -521,6 +522,12 @@ def row_facts(row: bytes | list[Any]) -> tuple[int, int, bool]:
 def spend_key(channel: str, event_id: str) -> str:
     """The journey-topic key of a spend row: its channel's shard by event_id (see SPEND_SHARDS)."""
     return f"{SPEND_KEY_PREFIX}{channel}/{id_hash(event_id) % SPEND_SHARDS}"
+
+
+def anonymous_key(event_id: str) -> str:
+    """The journey-topic key of an event sent without consent: spread over shards by event_id, since it has no
+    visitor (and must not land on one partition); no row is ever kept under it."""
+    return f"{ANONYMOUS_KEY_PREFIX}{id_hash(event_id) % SPEND_SHARDS}"
 
 
 class GraceQueue:

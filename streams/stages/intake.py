@@ -38,7 +38,7 @@ from mode import Service
 
 from streams.config import Settings
 from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
-from streams.core.journeys import SEQ_PER_MESSAGE, spend_key
+from streams.core.journeys import SEQ_PER_MESSAGE, anonymous_key, spend_key
 from streams.core.watermarks import NOTHING_READ, TouchProgress
 from streams.kafka.topics import DLQ_TOPIC
 from streams.serving.prometheus import WorkerMetrics
@@ -77,8 +77,11 @@ class IntakeWiring(Protocol):
 
 
 def route_key(event: Any) -> str:
-    """Journeys are keyed by tracking ID; spend has none and is keyed by its channel's shard."""
-    return spend_key(event.channel, event.event_id) if isinstance(event, Spend) else event.tracking_id
+    """Journeys are keyed by tracking ID; spend has none and is keyed by its channel's shard, an event sent
+    without consent neither, and is keyed by a shard of its own."""
+    if isinstance(event, Spend):
+        return spend_key(event.channel, event.event_id)
+    return event.tracking_id or anonymous_key(event.event_id)
 
 
 def dlq_record(error: str, topic: str, partition: int, offset: int, index: int | None, raw: bytes | None) -> bytes:

@@ -16,9 +16,18 @@ from typing import Any
 import orjson
 
 from streams.config import MODELS
-from streams.core.attribution import Affiliate, Lookback, commissions, credits, journey_for
+from streams.core.attribution import DIRECT, NONE_CAMPAIGN, Affiliate, Lookback, commissions, credits, journey_for
 from streams.core.events import Lead, Order, Spend, Touch, from_row
-from streams.core.journeys import SEQ_PER_MESSAGE, Admission, GraceQueue, Journey, Retention, row_facts, seq_of
+from streams.core.journeys import (
+    ANONYMOUS_KEY_PREFIX,
+    SEQ_PER_MESSAGE,
+    Admission,
+    GraceQueue,
+    Journey,
+    Retention,
+    row_facts,
+    seq_of,
+)
 from streams.core.watermarks import SourceWatermarks
 from streams.core.windows import (
     CLICKS,
@@ -142,6 +151,9 @@ class JourneyStage:
         if self.stream_time >= window + self.closes_after_ms:  # the window is closed: `is_closed`
             absorbed.outcomes[kind, "late"] += 1
             return
+        if key[0] == "\x00" and key.startswith(ANONYMOUS_KEY_PREFIX):
+            self.absorb_anonymous(partition, seq, window, item, absorbed)
+            return
         journey = absorbed.journeys.get(key)
         if journey is None:
             journey = absorbed.journeys[key] = Journey.from_row(self.w.journeys.row(key))
@@ -165,6 +177,34 @@ class JourneyStage:
                 absorbed.outcomes[kind, "ok"] += 1
             journey.add_pending(seq, item)
             self.grace.add(partition, key, seq, ts, time.monotonic())
+
+    def absorb_anonymous(self, partition: int, seq: int, window: int, item: Touch | Lead | Order,
+                         absorbed: AbsorbedBatch) -> None:
+        """An event sent without consent (CONTRACT.md section 10): counted in its window's figures at once and
+        stored nowhere. It joins no journey and no id of it is remembered (a repeat counts again); a lead or
+        an order goes to (direct) without looking up touchpoints, is never a new customer and has no
+        `attributions` message. The partial's touchpoint mark, absorbed in sequence like the touchpoints,
+        keeps a replay from counting twice."""
+        channel = item.channel if item.kind in TOUCHES else DIRECT
+        if seq <= self.slot(absorbed, partition, window, channel).touch_seq:
+            return  # absorbed before a restart
+        absorbed.outcomes[item.kind, "ok"] += 1
+        if item.kind in TOUCHES:
+            self.lags.append(max(0.0, absorbed.now_ms - item.ts) / 1000)
+            self.count_touch(partition, seq, window, item, absorbed, new=True)
+            return
+        partial = self.slot(absorbed, partition, window, DIRECT)
+        partial.touch_seq = seq
+        m = self.w.metrics
+        if isinstance(item, Order):
+            margin = self.w.settings.default_margin if item.margin is None else item.margin
+            for index, counter, amount in ((ORDERS, m.orders, 1.0), (REVENUE, m.revenue, item.revenue),
+                                           (GROSS_PROFIT, m.gross_profit, item.revenue * margin)):
+                partial.add(NONE_CAMPAIGN, index, amount)
+                m.count(self.counts, counter, DIRECT, NONE_CAMPAIGN, amount)
+        else:
+            partial.add(NONE_CAMPAIGN, LEADS, 1.0)
+            m.count(self.counts, m.leads, DIRECT, NONE_CAMPAIGN)
 
     def count_touch(self, partition: int, seq: int, window: int, item: Touch, absorbed: AbsorbedBatch,
                     new: bool) -> None:

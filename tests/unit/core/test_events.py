@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from streams.config import Settings
 from streams.core.events import (
+    ANONYMOUS,
     INPUT_TOPICS,
     TOPIC_TYPES,
     Lead,
@@ -516,3 +517,30 @@ def test_any_bytes_give_events_or_rejections_never_an_exception(raw: bytes, topi
     events, rejections = parse_message(raw, topic, FX)
     assert all(isinstance(r, Rejection) and r.error for r in rejections)
     assert events or rejections
+
+
+# --- consent (CONTRACT.md section 10) ---
+
+
+@pytest.mark.parametrize("topic", ["impressions", "clicks", "leads", "orders"])
+def test_an_event_without_consent_keeps_no_identifier_of_the_visitor(topic: str) -> None:
+    with_consent = one(topic, customer_id="cust-9" if topic in ("leads", "orders") else None)
+    without = one(topic, consent=False, customer_id="cust-9" if topic in ("leads", "orders") else None)
+    assert without.tracking_id == ANONYMOUS != with_consent.tracking_id
+    if topic in ("leads", "orders"):
+        assert (without.customer_id, with_consent.customer_id) == (None, "cust-9")
+    if topic == "orders":
+        assert without.order_id == ANONYMOUS and with_consent.order_id == "A-1"
+        assert without.revenue == with_consent.revenue
+    changed = {"tracking_id", "customer_id", "order_id"}
+    assert {f: v for f, v in without._asdict().items() if f not in changed} == {
+        f: v for f, v in with_consent._asdict().items() if f not in changed}
+    assert one(topic, consent=True) == one(topic)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("no", '"no"'), (0, "0"), (None, None)])
+def test_consent_must_be_a_boolean(value: Any, shown: str | None) -> None:
+    if value is None:  # absent: consent given
+        assert one("clicks").tracking_id == "t1"
+        return
+    assert rejected("clicks", consent=value) == f"consent must be boolean, got {shown}"

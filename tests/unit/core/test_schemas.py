@@ -56,13 +56,15 @@ AFFILIATE_EXAMPLE = orjson.loads("""
  "commission_rate": 0.10, "assist_fee": 2.0}
 """)
 
-# CONTRACT.md section 2: which fields each input type has, and which of them it must have.
+# CONTRACT.md section 2: which fields each input type has, and which of them it must have; section 10: `consent`
+# on the events of a visitor.
 CONTRACT_FIELDS = {
-    "impression": {"event_id", "type", "ts", "tracking_id", "channel", "campaign", "cost", "currency"},
-    "click": {"event_id", "type", "ts", "tracking_id", "channel", "campaign", "cost", "currency", "affiliate_id"},
-    "lead": {"event_id", "type", "ts", "tracking_id", "customer_id"},
-    "order": {"event_id", "type", "ts", "tracking_id", "order_id", "revenue", "currency", "promo_code", "margin",
-              "customer_id"},
+    "impression": {"event_id", "type", "ts", "tracking_id", "consent", "channel", "campaign", "cost", "currency"},
+    "click": {"event_id", "type", "ts", "tracking_id", "consent", "channel", "campaign", "cost", "currency",
+              "affiliate_id"},
+    "lead": {"event_id", "type", "ts", "tracking_id", "consent", "customer_id"},
+    "order": {"event_id", "type", "ts", "tracking_id", "consent", "order_id", "revenue", "currency", "promo_code",
+              "margin", "customer_id"},
     "spend": {"event_id", "type", "ts", "channel", "campaign", "amount", "currency"},
 }
 CONTRACT_REQUIRED = {
