@@ -7,10 +7,13 @@
  *   autoClick     true (default): a landing with utm_source / a click ID is sent as a click
  *   affParam      query parameter naming the affiliate (default "aff")
  *   tid           your own visitor ID; default: the collector's first-party `_tid` cookie
+ *   consent       "required" (or data-consent="required"): until the page calls attribution.consent(true),
+ *                 no cookie is set and events are sent with consent=false (counted, stored nowhere)
  * API (calls made before the script loaded are queued in window.attribution = [...] ):
  *   attribution.impression({channel, campaign})
  *   attribution.click({channel, campaign, affiliate})
  *   attribution.lead({customerId})
+ *   attribution.consent(true | false)   false also drops the `_tid` cookie
  * Elements with data-attribution-impression="channel" (and data-campaign) send one
  * impression the first time half of them is on screen.
  */
@@ -22,6 +25,7 @@
   var collector = String(config.collector || data.collector || "").replace(/\/+$/, "");
   if (!collector) { return; }
   var affParam = config.affParam || data.affParam || "aff";
+  var consented = (config.consent || data.consent) !== "required";
   var query = new URLSearchParams(window.location.search);
   // click IDs of the ad platforms, for landings that carry no utm_source
   var CLICK_IDS = { gclid: "google_ads", gbraid: "google_ads", wbraid: "google_ads", fbclid: "facebook",
@@ -39,7 +43,11 @@
   function send(params) {
     params.eid = eventId(); // a re-sent beacon is then a duplicate, counted once
     var tid = config.tid || data.tid;
-    if (tid) { params.tid = tid; }
+    if (!consented) {
+      params.consent = "0"; // the collector then reads and sets no cookie
+    } else if (tid) {
+      params.tid = tid;
+    }
     var body = new URLSearchParams();
     Object.keys(params).forEach(function (k) {
       if (params[k] !== undefined && params[k] !== null && params[k] !== "") { body.append(k, params[k]); }
@@ -77,6 +85,10 @@
     lead: function (o) {
       o = o || {};
       send({ e: "lead", cid: o.customerId });
+    },
+    consent: function (given) {
+      consented = given === true;
+      if (!consented) { new Image(1, 1).src = collector + "/consent?given=0"; }
     }
   };
 

@@ -10,6 +10,9 @@
   `Authorization: Bearer <write key>` (`COLLECTOR_KEYS`; none configured: closed). Each event is
   judged alone; the valid ones are produced even when others are rejected, and the answer waits
   for their acks.
+- Consent (CONTRACT.md section 10): a pixel request with `consent=0` carries `"consent": false`, reads and
+  sets no cookie, takes no `tid` and clears a `_tid` cookie it brings; `GET /consent?given=0` (the pixel's
+  `attribution.consent(false)`) only clears the cookie.
 - `GET /healthz` (broker reachable) and `GET /metrics` (Prometheus).
 
 Every event is checked with `streams.core.events.validate` (the worker's own validator) and produced
@@ -57,6 +60,9 @@ PIXEL_TYPES = ("impression", "click", "lead")
 MONEY_TYPES = ("order", "spend")
 TYPE_TOPICS: dict[str, str] = {kind: topic for topic, kind in TOPIC_TYPES.items()}
 TID_COOKIE = "_tid"
+# The tracking_id of a pixel event sent without consent: the schema wants one, the intake drops it, and no
+# cookie or `tid` of the visitor may be written to the topics in its place.
+NO_CONSENT_TID = "no-consent"
 TID_COOKIE_MAX_AGE_S = 365 * 86_400
 PRODUCE_TIMEOUT_S = 15.0
 HEALTH_CACHE_S = 1.5
@@ -93,6 +99,13 @@ def cookie_tracking_id(value: str | None) -> str | None:
     if value and _COOKIE_TID.match(value):
         return value
     return None
+
+
+def consent_given(params: Mapping[str, str]) -> bool:
+    """A pixel request's `consent` (or a /consent request's `given`): `0` or `false` refuses, anything else (or
+    nothing) is consent."""
+    value = params.get("consent", params.get("given", "")).strip().lower()
+    return value not in ("0", "false")
 
 
 def pixel_event(params: Mapping[str, str], tracking_id: str, now_ms: int, event_id: str) -> dict[str, Any] | str:
@@ -328,13 +341,16 @@ def build_app(
                 metrics.rejected.labels("px").inc()
                 return _error(400, extra)
             params.update(extra)
-        tid = params.get("tid") or None
+        consented = consent_given(params)
+        tid = (params.get("tid") or None) if consented else NO_CONSENT_TID
         new_cookie = None
         if tid is None:
             tid = cookie_tracking_id(request.cookies.get(TID_COOKIE))
             if tid is None:
                 tid = new_cookie = new_tracking_id()
         event = pixel_event(params, tid, int(time.time() * 1000), new_event_id())
+        if isinstance(event, dict) and not consented:
+            event["consent"] = False
         if isinstance(event, dict):
             checked = validate(event, TYPE_TOPICS[event["type"]], settings)
             if isinstance(checked, str):
@@ -353,6 +369,16 @@ def build_app(
                 TID_COOKIE, new_cookie, max_age=TID_COOKIE_MAX_AGE_S, path="/", httponly=True, samesite="Lax",
                 secure=_is_https(request) or None,
             )
+        if not consented and TID_COOKIE in request.cookies:
+            response.del_cookie(TID_COOKIE, path="/")
+        return response
+
+    async def consent(request: web.Request) -> web.StreamResponse:
+        """`attribution.consent(false)`: the visitor's `_tid` cookie goes (it is HttpOnly: only we can)."""
+        response = web.Response(body=GIF, content_type="image/gif")
+        response.headers["Cache-Control"] = "no-store"
+        if not consent_given(dict(request.query)) and TID_COOKIE in request.cookies:
+            response.del_cookie(TID_COOKIE, path="/")
         return response
 
     async def batch(request: web.Request) -> web.StreamResponse:
@@ -403,6 +429,7 @@ def build_app(
     app[METRICS_KEY] = metrics
     app.router.add_route("GET", "/px", pixel, name="px")
     app.router.add_route("POST", "/px", pixel, name="px_beacon")
+    app.router.add_route("GET", "/consent", consent, name="consent")
     app.router.add_route("POST", "/v1/events", batch, name="events")
     app.router.add_route("GET", "/healthz", healthz, name="healthz")
     app.router.add_route("GET", "/metrics", prometheus, name="metrics")

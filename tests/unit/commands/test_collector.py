@@ -15,6 +15,7 @@ from streams.commands.collector import (
     TYPE_TOPICS,
     authorized,
     bearer_token,
+    consent_given,
     cookie_tracking_id,
     message_key,
     new_event_id,
@@ -275,3 +276,14 @@ def test_bearer_token_parsing():
     assert bearer_token("Bearer abc") == "abc"
     assert bearer_token("Token abc") is None
     assert bearer_token(None) is None
+
+
+# --- consent (CONTRACT.md section 10) ---
+
+
+@pytest.mark.parametrize(("params", "consented"), [
+    ({}, True), ({"consent": "1"}, True), ({"consent": "true"}, True), ({"consent": "0"}, False),
+    ({"consent": "false"}, False), ({"consent": " FALSE "}, False), ({"given": "0"}, False), ({"given": "1"}, True),
+])
+def test_consent_is_refused_only_by_0_or_false(params: dict[str, str], consented: bool) -> None:
+    assert consent_given(params) is consented
