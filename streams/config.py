@@ -15,6 +15,9 @@ from typing import Literal
 
 Model = Literal["last_click", "first_click", "linear", "time_decay", "position_based"]
 MODELS: tuple[Model, ...] = ("last_click", "first_click", "linear", "time_decay", "position_based")
+# The models ATTRIBUTION_MODEL may name: the five rules of position, and the data-driven one (section 8).
+MetricModel = Literal["last_click", "first_click", "linear", "time_decay", "position_based", "markov"]
+METRIC_MODELS: tuple[MetricModel, ...] = (*MODELS, "markov")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -61,7 +64,7 @@ class Settings:
     kafka_bootstrap: str | None = None
     redis_url: str | None = None
     topic_partitions: int = 8
-    attribution_model: Model = "last_click"
+    attribution_model: MetricModel = "last_click"
     click_lookback_ms: int = 30 * 86_400_000
     view_lookback_ms: int = 86_400_000
     time_decay_half_life_ms: int = 7 * 86_400_000
@@ -81,6 +84,8 @@ class Settings:
     romi_scale: float = 1.0
     customer_retention_ms: int = 400 * 86_400_000
     fx_rates: Mapping[str, float] = field(default_factory=dict)
+    path_timeout_ms: int = 86_400_000
+    markov_window_ms: int = 30 * 86_400_000
     # Not in the contract: engine tuning with safe defaults.
     attribution_grace_ms: int = 2_000
     kafka_session_timeout_ms: int = 10_000
@@ -91,6 +96,8 @@ class Settings:
     rocksdb_cache_mb: int = 128  # one block cache for every RocksDB database of the worker
     ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
     worker_intake: bool = True  # WORKER_INTAKE=off: the worker reads no input topic; `attribution intake` does
+    markov_interval_ms: int = 10_000  # the Markov model is recomputed at most this often (when paths changed)
+    markov_stage: bool = True  # MARKOV_STAGE=off: no paths, no chain (its cost measured in bench/)
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -125,6 +132,8 @@ class Settings:
             romi_scale=reader.get("ROMI_SCALE", 1.0, _finite),
             customer_retention_ms=reader.get("CUSTOMER_RETENTION", "400d", _positive_duration),
             fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
+            path_timeout_ms=reader.get("PATH_TIMEOUT", "1d", _positive_duration),
+            markov_window_ms=reader.get("MARKOV_WINDOW", "30d", _positive_duration),
             attribution_grace_ms=reader.get("ATTRIBUTION_GRACE", "2s", parse_duration_ms),
             kafka_session_timeout_ms=reader.get("KAFKA_SESSION_TIMEOUT", "10s", _positive_duration),
             campaign_label_cap=reader.get("CAMPAIGN_LABEL_CAP", 200, _positive_int),
@@ -134,6 +143,8 @@ class Settings:
             rocksdb_cache_mb=reader.get("ROCKSDB_CACHE_MB", 128, _positive_int),
             ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
             worker_intake=reader.get("WORKER_INTAKE", "on", _on_off),
+            markov_interval_ms=reader.get("MARKOV_INTERVAL", "10s", _positive_duration),
+            markov_stage=reader.get("MARKOV_STAGE", "on", _on_off),
         )
 
 
@@ -195,9 +206,9 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-def _model(text: str) -> Model:
-    if text not in MODELS:
-        raise ValueError(f"must be one of {', '.join(MODELS)}, got {text!r}")
+def _model(text: str) -> MetricModel:
+    if text not in METRIC_MODELS:
+        raise ValueError(f"must be one of {', '.join(METRIC_MODELS)}, got {text!r}")
     return text  # type: ignore[return-value]
 
 

@@ -1,0 +1,127 @@
+"""A visitor's paths for the Markov model (CONTRACT.md section 8): which ended how, and what they add to
+the chain. Pure: no Kafka, no clock.
+
+A `PathRow` is what the engine remembers of one tracking ID's paths, beside (not inside) its journey:
+- `after_ts`: the ts of its latest conversion; a converting path is the credited touchpoints later than it;
+- `closed_ts`: the newest ts of a touchpoint already in an ended path (or of the latest conversion); the
+  open path is the journey's touchpoints later than it;
+- `paths`: the paths that ended while they can still count (MARKOV_WINDOW), converting or null.
+
+Every figure of the chain is a function of these rows (`contribution`), so the per-partition sums can be
+rebuilt from the table after a restart and never disagree with it. Each step is idempotent: a conversion
+absorbed twice finds nothing later than its own ts the second time; a null path is only closed once,
+since it moves `closed_ts` past its touchpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import orjson
+
+from streams.core.attribution import Touchpoint
+from streams.core.markov import PathCounts
+
+NO_TS = -(2**53)  # before any event
+BUCKETS_PER_WINDOW = 30  # MARKOV_WINDOW in event-time buckets (a day each at the default 30d)
+# A visitor with more ended paths in the window than this (a bot, a shared cookie) keeps only its latest: its
+# changelog value stays small. The oldest paths then stop counting early.
+MAX_PATHS = 200
+
+
+class EndedPath(NamedTuple):
+    end_ts: int  # the conversion's ts, or the last touchpoint's ts + PATH_TIMEOUT
+    converted: bool
+    revenue: float
+    first_ts: int  # ts of its first and last touchpoints: a conversion crediting one of them retracts a null path
+    last_ts: int
+    channels: tuple[str, ...]
+
+
+@dataclass
+class PathRow:
+    after_ts: int = NO_TS
+    closed_ts: int = NO_TS
+    paths: list[EndedPath] = field(default_factory=list)
+
+    def to_row(self) -> bytes:
+        return orjson.dumps([self.after_ts, self.closed_ts,
+                             [[p.end_ts, int(p.converted), p.revenue, p.first_ts, p.last_ts, p.channels]
+                              for p in self.paths]])
+
+    @classmethod
+    def from_row(cls, row: bytes | None) -> PathRow:
+        if not row:
+            return cls()
+        after_ts, closed_ts, paths = orjson.loads(row)
+        ended = [EndedPath(end, bool(c), r, first, last, tuple(ch)) for end, c, r, first, last, ch in paths]
+        return cls(after_ts, closed_ts, ended)
+
+    def newest_ts(self) -> int:
+        return max(self.after_ts, self.closed_ts, max((p.end_ts for p in self.paths), default=NO_TS))
+
+
+def bucket_ms(markov_window_ms: int) -> int:
+    return max(1, markov_window_ms // BUCKETS_PER_WINDOW)
+
+
+def bucket_of(ts: int, size_ms: int) -> int:
+    return ts - ts % size_ms
+
+
+def first_bucket(stream_time: int, markov_window_ms: int) -> int:
+    """The oldest bucket still in the window: a path counts while its bucket overlaps MARKOV_WINDOW."""
+    return bucket_of(stream_time - markov_window_ms, bucket_ms(markov_window_ms))
+
+
+def converted(row: PathRow, journey: Sequence[Touchpoint], conversion_ts: int, revenue: float) -> PathRow:
+    """A conversion credited with `journey` (its ordered touchpoints): the credited touchpoints later than the
+    previous conversion are a converting path, and a null path any of them was in stops counting as null."""
+    credited = [t for t in journey if t.ts > row.after_ts]
+    paths = [p for p in row.paths if p.converted or not any(p.first_ts <= t.ts <= p.last_ts for t in credited)]
+    if credited:
+        channels = tuple(t.channel for t in credited)
+        paths.append(EndedPath(conversion_ts, True, revenue, credited[0].ts, credited[-1].ts, channels))
+    return PathRow(max(row.after_ts, conversion_ts), max(row.closed_ts, conversion_ts), paths[-MAX_PATHS:])
+
+
+def timed_out(row: PathRow, touches: Sequence[Touchpoint], stream_time: int, path_timeout_ms: int) -> PathRow | None:
+    """The open path (touchpoints later than `closed_ts`, ordered) ended as null when event time has passed its
+    last touchpoint by PATH_TIMEOUT; None when there is no open path or it has not timed out.
+
+    Touchpoints that a pause of PATH_TIMEOUT or more separates are two paths, however late the check runs: the
+    first ended when event time reached its last touchpoint + PATH_TIMEOUT, before the second began."""
+    open_path = [t for t in touches if t.ts > row.closed_ts]
+    ended: list[EndedPath] = []
+    start = 0
+    for i, touch in enumerate(open_path):
+        is_last = i + 1 == len(open_path)
+        ends_at = touch.ts + path_timeout_ms
+        if (is_last and ends_at <= stream_time) or (not is_last and open_path[i + 1].ts >= ends_at):
+            segment = open_path[start : i + 1]
+            ended.append(EndedPath(ends_at, False, 0.0, segment[0].ts, touch.ts, tuple(t.channel for t in segment)))
+            start = i + 1
+    if not ended:
+        return None
+    return PathRow(row.after_ts, ended[-1].last_ts, [*row.paths, *ended][-MAX_PATHS:])
+
+
+def contribution(row: PathRow, size_ms: int) -> dict[int, PathCounts]:
+    """What the row's paths add to the chain, per bucket of their end."""
+    out: dict[int, PathCounts] = {}
+    for path in row.paths:
+        counts = out.setdefault(bucket_of(path.end_ts, size_ms), PathCounts())
+        counts.add_path(path.channels, path.converted, path.revenue)
+    return out
+
+
+def forget_before(row: PathRow, oldest_bucket: int, size_ms: int) -> PathRow:
+    """The row without the paths whose bucket has left the window."""
+    return PathRow(row.after_ts, row.closed_ts, [p for p in row.paths if bucket_of(p.end_ts, size_ms) >= oldest_bucket])
+
+
+def add_contribution(sums: dict[int, PathCounts], part: dict[int, PathCounts], sign: int = 1) -> None:
+    for bucket, counts in part.items():
+        sums.setdefault(bucket, PathCounts()).add(counts, sign)
