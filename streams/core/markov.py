@@ -36,19 +36,22 @@ def path_transitions(channels: Sequence[str], converted: bool) -> list[Transitio
 
 @dataclass
 class PathCounts:
-    """Transitions of a set of paths, and how many of them there were, converting or null, with their revenue."""
+    """Transitions of a set of paths, and how many of them there were, converting or null, with their revenue;
+    per channel, the converting paths whose last click (`last_click` of section 3) was in it."""
 
     transitions: Counter[Transition] = field(default_factory=Counter)
     converting: int = 0
     null: int = 0
     revenue: float = 0.0
+    last_click: Counter[str] = field(default_factory=Counter)
 
     @property
     def paths(self) -> int:
         return self.converting + self.null
 
-    def add_path(self, channels: Sequence[str], converted: bool, revenue: float = 0.0, sign: int = 1) -> None:
-        """Add a path (sign -1: take it away again)."""
+    def add_path(self, channels: Sequence[str], converted: bool, revenue: float = 0.0, sign: int = 1,
+                 last_click: str | None = None) -> None:
+        """Add a path (sign -1: take it away again); `last_click` defaults to its last channel."""
         if not channels:
             return
         for transition in path_transitions(channels, converted):
@@ -56,6 +59,7 @@ class PathCounts:
         if converted:
             self.converting += sign
             self.revenue += sign * revenue
+            self.last_click[last_click or channels[-1]] += sign
         else:
             self.null += sign
 
@@ -65,19 +69,23 @@ class PathCounts:
         self.converting += sign * other.converting
         self.null += sign * other.null
         self.revenue += sign * other.revenue
+        for channel, n in other.last_click.items():
+            self.last_click[channel] += sign * n
 
     def is_empty(self) -> bool:
         return self.paths == 0 and not any(self.transitions.values())
 
     def to_json(self) -> dict[str, Any]:
         return {"t": [[a, b, n] for (a, b), n in sorted(self.transitions.items()) if n],
-                "c": self.converting, "n": self.null, "r": self.revenue}
+                "c": self.converting, "n": self.null, "r": self.revenue,
+                "l": {channel: n for channel, n in sorted(self.last_click.items()) if n}}
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> PathCounts:
         if not value:
             return cls()
-        return cls(Counter({(a, b): n for a, b, n in value["t"]}), value["c"], value["n"], value["r"])
+        return cls(Counter({(a, b): n for a, b, n in value["t"]}), value["c"], value["n"], value["r"],
+                   Counter(value.get("l", {})))
 
 
 def channels_of(transitions: Mapping[Transition, int]) -> list[str]:
@@ -136,14 +144,16 @@ def shares(effects: Mapping[str, float]) -> dict[str, float]:
 
 
 def markov_messages(counts: PathCounts, computed_at: int) -> list[dict[str, Any]]:
-    """One `metrics.markov` message per channel of the chain, ordered by channel."""
+    """One `metrics.markov` message per channel of the chain, ordered by channel; beside the contract's figures,
+    `last_click_share`: the share of the same converting paths whose last click was in the channel."""
     effects = removal_effects(counts.transitions)
     by_share = shares(effects)
     return [
         {"channel": channel, "removal_effect": effects[channel], "share": by_share[channel],
          "conversions": counts.converting * by_share[channel], "revenue": counts.revenue * by_share[channel],
          "paths": counts.paths, "converting_paths": counts.converting, "null_paths": counts.null,
-         "computed_at": computed_at}
+         "computed_at": computed_at,
+         "last_click_share": counts.last_click[channel] / counts.converting if counts.converting > 0 else 0.0}
         for channel in sorted(effects)
     ]
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import orjson
 
-from streams.core.attribution import Touchpoint
+from streams.core.attribution import CLICK_KINDS, Touchpoint
 from streams.core.markov import PathCounts
 
 NO_TS = -(2**53)  # before any event
@@ -38,6 +38,7 @@ class EndedPath(NamedTuple):
     first_ts: int  # ts of its first and last touchpoints: a conversion crediting one of them retracts a null path
     last_ts: int
     channels: tuple[str, ...]
+    last_click: str = ""  # a converting path's channel that `last_click` credits ("" for a null path)
 
 
 @dataclass
@@ -48,15 +49,16 @@ class PathRow:
 
     def to_row(self) -> bytes:
         return orjson.dumps([self.after_ts, self.closed_ts,
-                             [[p.end_ts, int(p.converted), p.revenue, p.first_ts, p.last_ts, p.channels]
-                              for p in self.paths]])
+                             [[p.end_ts, int(p.converted), p.revenue, p.first_ts, p.last_ts, p.channels,
+                               p.last_click] for p in self.paths]])
 
     @classmethod
     def from_row(cls, row: bytes | None) -> PathRow:
         if not row:
             return cls()
         after_ts, closed_ts, paths = orjson.loads(row)
-        ended = [EndedPath(end, bool(c), r, first, last, tuple(ch)) for end, c, r, first, last, ch in paths]
+        ended = [EndedPath(end, bool(c), r, first, last, tuple(ch), *more)  # more: last_click, absent from early rows
+                 for end, c, r, first, last, ch, *more in paths]
         return cls(after_ts, closed_ts, ended)
 
     def newest_ts(self) -> int:
@@ -83,7 +85,9 @@ def converted(row: PathRow, journey: Sequence[Touchpoint], conversion_ts: int, r
     paths = [p for p in row.paths if p.converted or not any(p.first_ts <= t.ts <= p.last_ts for t in credited)]
     if credited:
         channels = tuple(t.channel for t in credited)
-        paths.append(EndedPath(conversion_ts, True, revenue, credited[0].ts, credited[-1].ts, channels))
+        clicks = [t for t in credited if t.kind in CLICK_KINDS] or credited
+        paths.append(EndedPath(conversion_ts, True, revenue, credited[0].ts, credited[-1].ts, channels,
+                               clicks[-1].channel))
     return PathRow(max(row.after_ts, conversion_ts), max(row.closed_ts, conversion_ts), paths[-MAX_PATHS:])
 
 
@@ -113,7 +117,7 @@ def contribution(row: PathRow, size_ms: int) -> dict[int, PathCounts]:
     out: dict[int, PathCounts] = {}
     for path in row.paths:
         counts = out.setdefault(bucket_of(path.end_ts, size_ms), PathCounts())
-        counts.add_path(path.channels, path.converted, path.revenue)
+        counts.add_path(path.channels, path.converted, path.revenue, last_click=path.last_click or None)
     return out
 
 

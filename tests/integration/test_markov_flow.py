@@ -71,6 +71,7 @@ class Truth:
     steps: list[list[tuple[str, bytes]]] = field(default_factory=list)
     events: int = 0
     conversions: list[str] = field(default_factory=list)
+    last_clicks: Counter[str] = field(default_factory=Counter)  # converting paths per channel of their last click
 
     @property
     def converting(self) -> int:
@@ -103,8 +104,8 @@ def seeded(seed: int, visitors: int, now: int) -> Truth:
         times = [start + j * 20 * S for j in range(len(channels))]
         odds = 0.1 + 0.4 * ("email" in channels) + 0.2 * (channels[-1] == "search") - 0.05 * ("display" in channels)
         fate = rng.random()
-        for ts, channel in zip(times, channels, strict=True):
-            events.append((ts, touch(tid, ts, channel)))
+        touches = [touch(tid, ts, channel) for ts, channel in zip(times, channels, strict=True)]
+        events += [(t["ts"], t) for t in touches]
         if fate < odds:
             late = rng.random() < 0.3  # after PATH_TIMEOUT: its path ends as null first, then turns converting
             ts = times[-1] + (PATH_TIMEOUT_MS + 30 * S if late else 30 * S)
@@ -118,6 +119,7 @@ def seeded(seed: int, visitors: int, now: int) -> Truth:
             events.append((ts, conversion))
             truth.paths.append((channels, True, revenue))
             truth.conversions.append(conversion["event_id"])
+            truth.last_clicks[([t for t in touches if t["type"] == "click"] or touches)[-1]["channel"]] += 1
         elif rng.random() < 0.15:  # a second session after a pause longer than PATH_TIMEOUT: two null paths
             more = [rng.choice(CHANNELS) for _ in range(rng.randint(1, 2))]
             resume = times[-1] + PATH_TIMEOUT_MS + 20 * S
@@ -215,6 +217,7 @@ def assert_model_exact(model: list[dict[str, Any]], truth: Truth) -> None:
         assert message["share"] == pytest.approx(shares[channel], abs=1e-9), channel
         assert message["conversions"] == pytest.approx(truth.converting * shares[channel], abs=1e-6)
         assert message["revenue"] == pytest.approx(truth.revenue * shares[channel], abs=1e-6)
+        assert message["last_click_share"] == pytest.approx(truth.last_clicks[channel] / truth.converting)
     assert sum(m["share"] for m in model) == pytest.approx(1.0)
 
 

@@ -97,8 +97,9 @@ def test_no_paths_no_channels() -> None:
 
 
 def test_counts_take_a_path_away_exactly() -> None:
-    counts = counts_of([(["a", "b"], True, 10.0), (["b"], False, 0.0)])
+    counts = counts_of([(["a", "b"], True, 10.0), (["b"], False, 0.0), (["c"], True, 5.0)])
     counts.add_path(["b"], False, sign=-1)
+    counts.add_path(["c"], True, 5.0, sign=-1)
     assert counts == counts_of([(["a", "b"], True, 10.0)])
     assert PathCounts.from_json(counts.to_json()) == counts
 
@@ -112,6 +113,7 @@ def test_messages_carry_the_contract_figures() -> None:
     assert b["share"] == pytest.approx(2 / 3) and b["removal_effect"] == pytest.approx(1.0)
     assert b["conversions"] == pytest.approx(2 * 2 / 3) and b["revenue"] == pytest.approx(90 * 2 / 3)
     assert b["computed_at"] == 1763800000000
+    assert b["last_click_share"] == pytest.approx(1.0) and messages["a"]["last_click_share"] == 0.0
 
 
 # -- the per-conversion credit -------------------------------------------------------------------------

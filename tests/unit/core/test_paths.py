@@ -37,9 +37,18 @@ def chain(row: PathRow) -> PathCounts:
 
 def test_a_conversion_ends_a_converting_path_of_its_credited_touchpoints() -> None:
     row = converted(PathRow(), [touch(1, "a"), touch(5, "b")], 10, 50.0)
-    assert row.paths == [EndedPath(10, True, 50.0, 1, 5, ("a", "b"))]
+    assert row.paths == [EndedPath(10, True, 50.0, 1, 5, ("a", "b"), "b")]
     assert (row.after_ts, row.closed_ts) == (10, 10)
     assert chain(row) == counts_of([(["a", "b"], True, 50.0)])
+
+
+def test_a_converting_path_remembers_the_channel_last_click_credits() -> None:
+    journey = [touch(1, "a"), touch(5, "b"), touch(7, "c", "i")]  # an impression after the last click
+    row = converted(PathRow(), journey, 10, 0.0)
+    assert row.paths[0].last_click == "b"
+    assert chain(row).last_click == {"b": 1}
+    only_views = converted(PathRow(), [touch(1, "a", "i"), touch(2, "c", "i")], 10, 0.0)
+    assert only_views.paths[0].last_click == "c"
 
 
 def test_the_next_path_takes_only_touchpoints_after_the_previous_conversion() -> None:
