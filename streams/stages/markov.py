@@ -23,6 +23,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from streams.core.paths import (
     PathRow,
     add_contribution,
     bucket_ms,
+    bucket_of,
     contribution,
     converted,
     first_bucket,
@@ -138,16 +140,24 @@ class PathStage:
 
     # -- the rows and their sums ---------------------------------------------------------------------------
     def put(self, partition: int, key: str, before: PathRow, after: PathRow) -> None:
-        floor = first_bucket(self.clock(), self.window_ms)
-        after = forget_before(after, floor, self.size_ms)
+        """Write the row, and move the sums by the paths it gained and lost (only those: most rows hold one)."""
+        size, floor = self.size_ms, first_bucket(self.clock(), self.window_ms)
+        if any(bucket_of(p.end_ts, size) < floor for p in after.paths):
+            after = forget_before(after, floor, size)
         if after == before:
             return
-        old = {b: c for b, c in contribution(before, self.size_ms).items() if b >= floor}
-        new = contribution(after, self.size_ms)
+        change = Counter(before.paths)
+        change.subtract(after.paths)  # > 0: paths the row lost; < 0: paths it gained
         sums = self.sums.setdefault(partition, {})
-        add_contribution(sums, old, -1)
-        add_contribution(sums, new)
-        self.dirty.update((partition, bucket) for bucket in old.keys() | new.keys())
+        for path, lost in change.items():
+            bucket = bucket_of(path.end_ts, size)
+            if lost == 0 or bucket < floor:  # a bucket that left the window is no longer summed
+                continue
+            counts = sums.get(bucket)
+            if counts is None:
+                counts = sums[bucket] = PathCounts()
+            counts.add_path(path.channels, path.converted, path.revenue, -lost, path.last_click or None)
+            self.dirty.add((partition, bucket))
         self.table.put_rows({key: after.to_row()})
 
     def rebuild(self, partitions: set[int]) -> None:
