@@ -3,6 +3,8 @@ turned converting by a later conversion, and each step idempotent."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 from streams.core.attribution import Touchpoint
 from streams.core.markov import PathCounts, counts_of
 from streams.core.paths import (
@@ -157,3 +159,16 @@ def test_a_row_round_trips_and_keeps_at_most_max_paths() -> None:
     assert len(row.paths) == MAX_PATHS and row.paths[-1].end_ts == 10 * (MAX_PATHS + 4) + 2
     assert PathRow.from_row(row.to_row()) == row
     assert PathRow.from_row(None) == PathRow()
+
+
+def test_a_row_in_memory_costs_its_size_not_orjsons_buffer() -> None:
+    row = converted(PathRow(), [touch(1, "google_ads"), touch(5, "email")], 10, 50.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        rows = [row.to_row() for _ in range(200)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_row = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(rows)
+    assert per_row < 4 * len(rows[0]), f"{per_row:.0f} B per row of {len(rows[0])} B"
