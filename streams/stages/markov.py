@@ -33,6 +33,7 @@ from streams.core.attribution import Credit, Touchpoint
 from streams.core.journeys import SPEND_KEY_PREFIX, Journey, Retention, row_facts
 from streams.core.markov import PathCounts, markov_credits, markov_messages
 from streams.core.paths import (
+    NO_TS,
     PathRow,
     add_contribution,
     bucket_ms,
@@ -69,11 +70,12 @@ def credits(w: Wiring, journey: list[Touchpoint], conversion_ts: int) -> list[Cr
 class PathStage:
     """Stage one: the paths of the visitors whose journeys this worker owns, and their per-partition counts."""
 
-    def __init__(self, w: Wiring, clock: Callable[[], int]) -> None:
+    def __init__(self, w: Wiring, clock: Callable[[], int], watermark: Callable[[int], int | None]) -> None:
         self.w = w
         self.table = w.markov_paths
         s = w.settings
         self.clock = clock  # event time: the journeys stage's stream time
+        self.watermark = watermark  # journey partition -> how far its sources have read (None: no source said yet)
         self.timeout_ms = s.path_timeout_ms
         self.window_ms = s.markov_window_ms
         self.size_ms = bucket_ms(s.markov_window_ms)
@@ -107,11 +109,20 @@ class PathStage:
         self.put(self.w.partition_of(key), key, before, converted(before, journey, conversion_ts, revenue))
 
     # -- null paths ------------------------------------------------------------------------------------
+    def event_time(self, partition: int, stream_time: int) -> int:
+        """Event time as far as the partition's touchpoints have all been read: the stream time, held back to the
+        intakes' watermark (a partition read again after a crash, a topic read behind the others). A path judged
+        by the stream time alone could end before a touchpoint of it was read. No watermark yet (a partition just
+        taken over, not read from yet): no path of it ends."""
+        mark = self.watermark(partition)
+        return NO_TS if mark is None else min(stream_time, mark)
+
     def close_timed_out(self) -> None:
         """End as null every open path whose last touchpoint event time has passed by PATH_TIMEOUT."""
         stream_time = self.clock()
         cutoff = stream_time - self.timeout_ms
         assigned = self.w.assigned(self.journey_topic())
+        event_times: dict[int, int] = {}
         waiting: list[tuple[int, str]] = []
         while self.due and self.due[0][0] <= cutoff:
             ts, key = heapq.heappop(self.due)
@@ -126,13 +137,19 @@ class PathStage:
             if not row:
                 del self.open[key]
                 continue
+            event_time = event_times.get(partition)
+            if event_time is None:
+                event_time = event_times[partition] = self.event_time(partition, stream_time)
+            if ts + self.timeout_ms > event_time:  # its sources have not read that far yet
+                waiting.append((ts, key))
+                continue
             journey = Journey.from_row(row)
             if journey.pending:  # a conversion waiting out the grace may credit the path: judge it after
                 waiting.append((ts, key))
                 continue
             del self.open[key]
             before = PathRow.from_row(self.table.get(key))
-            after = timed_out(before, journey.touchpoints(), stream_time, self.timeout_ms)
+            after = timed_out(before, journey.touchpoints(), event_time, self.timeout_ms)
             if after is not None:
                 self.put(partition, key, before, after)
         for item in waiting:
@@ -148,7 +165,10 @@ class PathStage:
             return
         change = Counter(before.paths)
         change.subtract(after.paths)  # > 0: paths the row lost; < 0: paths it gained
-        sums = self.sums.setdefault(partition, {})
+        sums = self.sums.get(partition)
+        if sums is None:  # not rebuilt since this worker took the partition: a delta alone would be sent as the sums
+            sums = self.sums[partition] = self.partition_sums(partition)
+            self.dirty.update((partition, bucket) for bucket in [*sums, -1])
         for path, lost in change.items():
             bucket = bucket_of(path.end_ts, size)
             if lost == 0 or bucket < floor:  # a bucket that left the window is no longer summed
@@ -162,15 +182,22 @@ class PathStage:
 
     def rebuild(self, partitions: set[int]) -> None:
         """After recovery: the sums of these partitions from the table; forget the others."""
+        self.sums = self.sums_of(partitions)
+        sums = self.sums
+        self.dirty = {(p, bucket) for p, buckets in sums.items() for bucket in buckets} | {(p, -1) for p in sums}
+        if partitions:
+            log.info("markov: paths of %d buckets rebuilt on partitions %s", len(self.dirty), sorted(partitions))
+
+    def sums_of(self, partitions: set[int]) -> dict[int, dict[int, PathCounts]]:
         sums: dict[int, dict[int, PathCounts]] = {p: {} for p in partitions}
         for key, raw in self.table.data.items():
             partition = self.w.partition_of(key)
             if partition in sums:
                 add_contribution(sums[partition], contribution(PathRow.from_row(raw), self.size_ms))
-        self.sums = sums
-        self.dirty = {(p, bucket) for p, buckets in sums.items() for bucket in buckets} | {(p, -1) for p in sums}
-        if partitions:
-            log.info("markov: paths of %d buckets rebuilt on partitions %s", len(self.dirty), sorted(partitions))
+        return sums
+
+    def partition_sums(self, partition: int) -> dict[int, PathCounts]:
+        return self.sums_of({partition})[partition]
 
     def reindex(self, partitions: set[int]) -> None:
         """After recovery: every journey of these partitions may hold an open path."""
@@ -294,7 +321,8 @@ class ChainStage:
 
 def register(w: Wiring) -> None:
     journeys_stage = w.state["journeys"]
-    paths = PathStage(w, lambda: journeys_stage.stream_time)
+    paths = PathStage(w, lambda: journeys_stage.stream_time,
+                      lambda partition: journeys_stage.sources.watermark(partition, time.monotonic()))
     chain = ChainStage(w)
     journeys_stage.paths = paths
     w.state["markov-paths"] = paths

@@ -284,3 +284,35 @@ async def test_kill_9_mid_run_leaves_path_counts_and_shares_exact(
 
     model = await wait_model(broker.bootstrap, truth, CONVERGE_S)
     assert_model_exact(model, truth)
+
+
+async def test_the_chain_moves_with_its_partition_when_its_worker_is_killed_and_stays_exact(
+    broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Two workers share the partitions; the one that owns partition 0 (the chain) is killed mid-run: the other
+    takes its paths and the chain over, and the model still counts every path exactly."""
+    workers = [make_worker(bootstrap=broker.bootstrap, env=worker_env(redis_url), name=f"markov-pair-{i}")
+               for i in (1, 2)]
+    for worker in workers:
+        await asyncio.to_thread(worker.wait_http, "/api/v1/state", 90)
+
+    def owned(worker: WorkerProcess) -> set[int]:
+        return set(http_json(worker, "/api/v1/state")["journey_partitions"])
+
+    def split() -> bool:
+        first, second = owned(workers[0]), owned(workers[1])
+        return bool(first) and bool(second) and not first & second and first | second == set(range(4))
+
+    assert await poll(split, timeout=60), "the two workers never shared the partitions"
+    victim, survivor = workers if 0 in owned(workers[0]) else workers[::-1]
+    truth = seeded(seed=13, visitors=500, now=int(time.time() * 1000))
+    producing = asyncio.create_task(produce_steps(broker.bootstrap, truth.steps, pause=0.05))
+
+    await wait_processed(victim, int(truth.events * 0.2), timeout=120)
+    victim.kill()
+    await producing
+    assert await poll(lambda: owned(survivor) == set(range(4)), timeout=60), "the survivor did not take over"
+
+    model = await wait_model(broker.bootstrap, truth, CONVERGE_S)
+    assert_model_exact(model, truth)
+    assert gauge_values(survivor) == pytest.approx({m["channel"]: m["share"] for m in model})

@@ -100,6 +100,32 @@ def test_a_pause_of_path_timeout_splits_the_open_path_however_late_it_is_judged(
     assert last is not None and [p.channels for p in last.paths][-1] == ("e",)
 
 
+def test_a_touchpoint_read_after_its_path_ended_is_judged_with_it_again() -> None:
+    row = timed_out(PathRow(), [touch(1, "a"), touch(40, "c")], 40 + TIMEOUT, TIMEOUT)
+    assert row is not None and [p.channels for p in row.paths] == [("a", "c")]
+    late = [touch(1, "a"), touch(20, "b"), touch(40, "c")]  # b was read only now
+    again = timed_out(row, late, 40 + TIMEOUT, TIMEOUT)
+    assert again is not None and [p.channels for p in again.paths] == [("a", "b", "c")]
+    assert chain(again) == counts_of([(["a", "b", "c"], False, 0.0)])
+    assert timed_out(again, late, 40 + 2 * TIMEOUT, TIMEOUT) is None  # judged once
+
+
+def test_a_late_touchpoint_reopens_its_path_until_it_times_out_itself() -> None:
+    row = timed_out(PathRow(), [touch(1, "a")], 1 + TIMEOUT, TIMEOUT)
+    assert row is not None
+    late = [touch(1, "a"), touch(2, "b")]
+    reopened = timed_out(row, late, 1 + TIMEOUT, TIMEOUT)  # b's own timeout has not passed
+    assert reopened is not None and reopened.paths == [] and chain(reopened).paths == 0
+    closed = timed_out(reopened, late, 2 + TIMEOUT, TIMEOUT)
+    assert closed is not None and [p.channels for p in closed.paths] == [("a", "b")]
+
+
+def test_touchpoints_forgotten_by_retention_do_not_reopen_a_path() -> None:
+    row = timed_out(PathRow(), [touch(1, "a"), touch(2, "b")], 2 + TIMEOUT, TIMEOUT)
+    assert row is not None
+    assert timed_out(row, [touch(2, "b")], 5 * TIMEOUT, TIMEOUT) is None  # a was pruned from the journey
+
+
 def test_a_pause_shorter_than_path_timeout_keeps_one_path() -> None:
     row = timed_out(PathRow(), [touch(1, "a"), touch(TIMEOUT, "b")], 5 * TIMEOUT, TIMEOUT)
     assert row is not None and [p.channels for p in row.paths] == [("a", "b")]

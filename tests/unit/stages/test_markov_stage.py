@@ -19,6 +19,7 @@ from streams.core.events import Order, Touch
 from streams.core.journeys import Journey, Retention
 from streams.core.markov import PathCounts, counts_of
 from streams.core.paths import bucket_ms, bucket_of
+from streams.core.watermarks import CAUGHT_UP
 from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.store import MemoryStore
@@ -109,7 +110,7 @@ def total(sums: dict[int, dict[int, PathCounts]]) -> PathCounts:
 def test_path_counts_follow_conversions_and_timeouts_and_a_rebuild_gives_the_same(tmp_path: Path) -> None:
     clock = {"now": T0}
     w = wiring(tmp_path, {})
-    paths = PathStage(w, lambda: clock["now"])  # type: ignore[arg-type]
+    paths = PathStage(w, lambda: clock["now"], lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
     paths.rebuild(set(range(PARTITIONS)))
     timeout = w.settings.path_timeout_ms
     visitors = {"a": [("email", 0), ("search", 60_000)], "b": [("video", 0)], "c": [("display", 5_000)]}
@@ -132,12 +133,57 @@ def test_path_counts_follow_conversions_and_timeouts_and_a_rebuild_gives_the_sam
     assert total(paths.sums) == expected
 
     incremental = paths.sums
-    restarted = PathStage(w, lambda: clock["now"])  # type: ignore[arg-type]
+    restarted = PathStage(w, lambda: clock["now"], lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
     restarted.rebuild(set(range(PARTITIONS)))
     assert total(restarted.sums) == expected
     for partition, buckets in incremental.items():
         for bucket, counts in buckets.items():
             assert restarted.sums[partition].get(bucket, PathCounts()) == counts
+
+
+def test_a_path_ends_only_once_its_sources_have_read_past_its_timeout(tmp_path: Path) -> None:
+    """Stream time is the newest ts read anywhere; a partition read again after a crash (or a topic read behind
+    the others) may still hold a visitor's touchpoints: its sources' watermark holds the path open."""
+    w = wiring(tmp_path, {})
+    timeout = w.settings.path_timeout_ms
+    marks: dict[int, int | None] = dict.fromkeys(range(PARTITIONS))  # taken over, no report read yet
+    paths = PathStage(w, lambda: T0 + 10 * DAY, lambda partition: marks[partition])  # type: ignore[arg-type]
+    paths.rebuild(set(range(PARTITIONS)))
+    journey = journey_of(touch("x1", T0, "email"))
+    w.journeys["tid-1"] = journey.to_row()
+    paths.seen({"tid-1": journey})
+    paths.close_timed_out()
+    assert total(paths.sums).paths == 0 and "tid-1" in paths.open
+    marks.update(dict.fromkeys(range(PARTITIONS), T0))  # every source has read only to T0
+    paths.close_timed_out()
+    assert total(paths.sums).paths == 0 and "tid-1" in paths.open
+    # a touchpoint within the timeout is read meanwhile: it belongs to the same path
+    journey = journey_of(touch("x1", T0, "email"), touch("x2", T0 + timeout - 1, "search"))
+    w.journeys["tid-1"] = journey.to_row()
+    paths.seen({"tid-1": journey})
+    marks[partition_of("tid-1", PARTITIONS)] = T0 + 2 * timeout
+    paths.close_timed_out()
+    assert total(paths.sums) == counts_of([(["email", "search"], False, 0.0)])
+
+
+def test_a_change_on_a_partition_not_rebuilt_yet_starts_from_the_table(tmp_path: Path) -> None:
+    """A row changed on a partition whose sums were not rebuilt (recovery callbacks of another generation) must
+    not send that one change as the partition's whole count."""
+    w = wiring(tmp_path, {})
+    first = PathStage(w, lambda: T0 + DAY, lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
+    first.rebuild(set(range(PARTITIONS)))
+    same = [t for t in (f"tid-{i}" for i in range(100)) if partition_of(t, PARTITIONS) == partition_of("tid-new",
+                                                                                                       PARTITIONS)]
+    for tid in same[:3]:
+        journey = journey_of(touch(f"x-{tid}", T0, "email", tid))
+        first.converted(tid, T0 + 1000, journey.touchpoints(), 0.0)
+    later = PathStage(w, lambda: T0 + DAY, lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
+    later.rebuild(set())  # nothing rebuilt
+    journey = journey_of(touch("y", T0, "video", "tid-new"))
+    later.converted("tid-new", T0 + 1000, journey.touchpoints(), 0.0)
+    partition = partition_of("tid-new", PARTITIONS)
+    expected = counts_of([(["email"], True, 0.0)] * 3 + [(["video"], True, 0.0)])
+    assert total({partition: later.sums[partition]}) == expected
 
 
 async def test_a_snapshot_names_every_bucket_of_its_partition(tmp_path: Path) -> None:
@@ -148,7 +194,7 @@ async def test_a_snapshot_names_every_bucket_of_its_partition(tmp_path: Path) ->
 
     w = wiring(tmp_path, {})
     w.markov_partials_topic = SimpleNamespace(send=send)
-    paths = PathStage(w, lambda: T0 + 3 * DAY)  # type: ignore[arg-type]
+    paths = PathStage(w, lambda: T0 + 3 * DAY, lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
     paths.rebuild(set(range(PARTITIONS)))
     await paths.send_snapshots()  # after a rebuild: every partition, even with no bucket
     assert sorted(s["p"] for _, snapshots in sent for s in snapshots) == list(range(PARTITIONS))
