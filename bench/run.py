@@ -135,6 +135,13 @@ async def run_all(run: Run) -> None:
         results["ltv_cost"] = await measure_ltv_cost(run, sizes.batched, start_ms, span_ms, run.args.ltv_rounds,
                                                      not run.args.ltv_sequential)
 
+    if "markov-cost" in wanted:  # not part of the default set: run it by name
+        from bench.markov_cost import measure as measure_markov_cost
+        from bench.markov_cost import section as markov_section
+
+        results["markov_cost"] = await measure_markov_cost(run, sizes.batched, start_ms, span_ms)
+        say(markov_section(results["markov_cost"]))
+
     if "memory" in wanted:
         from bench.memory import run as measure_memory
 
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter phases (~3 minutes, more with state)")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
     parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory,"
-                        "ltv-cost,state (another name, e.g. 'profile' with --profile, runs none of them)")
+                        "ltv-cost,state; or markov-cost (another name, e.g. 'profile' with --profile, runs none "
+                        "of them)")
     parser.add_argument("--ltv-rounds", type=int, default=1,
                         help="ltv-cost: rounds per mix of a run with and one without the LTV stage (default 1)")
     parser.add_argument("--ltv-sequential", action="store_true",

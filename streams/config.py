@@ -15,6 +15,9 @@ from typing import Literal
 
 Model = Literal["last_click", "first_click", "linear", "time_decay", "position_based"]
 MODELS: tuple[Model, ...] = ("last_click", "first_click", "linear", "time_decay", "position_based")
+# The models ATTRIBUTION_MODEL may name: the five rules of position, and the data-driven one (section 8).
+MetricModel = Literal["last_click", "first_click", "linear", "time_decay", "position_based", "markov"]
+METRIC_MODELS: tuple[MetricModel, ...] = (*MODELS, "markov")
 
 EVENT_LOOPS = ("uvloop", "asyncio")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -64,7 +67,7 @@ class Settings:
     topic_partitions: int = 8
     topic_replication: int | None = None  # TOPIC_REPLICATION unset: min(3, brokers) (streams.kafka.topics)
     dlq_retention_ms: int = 7 * 86_400_000  # DLQ_RETENTION: rejected inputs carry raw identifiers
-    attribution_model: Model = "last_click"
+    attribution_model: MetricModel = "last_click"
     click_lookback_ms: int = 30 * 86_400_000
     view_lookback_ms: int = 86_400_000
     time_decay_half_life_ms: int = 7 * 86_400_000
@@ -85,6 +88,8 @@ class Settings:
     romi_scale: float = 1.0
     customer_retention_ms: int = 400 * 86_400_000
     fx_rates: Mapping[str, float] = field(default_factory=dict)
+    path_timeout_ms: int = 86_400_000
+    markov_window_ms: int = 30 * 86_400_000
     # Not in the contract: engine tuning with safe defaults.
     attribution_grace_ms: int = 2_000
     kafka_session_timeout_ms: int = 10_000
@@ -96,6 +101,8 @@ class Settings:
     ltv_stage: bool = True  # LTV_STAGE=off: no lifetime-value stage (its cost measured in bench/)
     worker_intake: bool = True  # WORKER_INTAKE=off: the worker reads no input topic; `attribution intake` does
     event_loop: str = "uvloop"  # EVENT_LOOP=asyncio: the standard library's loop instead of uvloop
+    markov_interval_ms: int = 10_000  # the Markov model is recomputed at most this often (when paths changed)
+    markov_stage: bool = True  # MARKOV_STAGE=off: no paths, no chain (its cost measured in bench/)
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -133,6 +140,8 @@ class Settings:
             romi_scale=reader.get("ROMI_SCALE", 1.0, _finite),
             customer_retention_ms=reader.get("CUSTOMER_RETENTION", "400d", _positive_duration),
             fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
+            path_timeout_ms=reader.get("PATH_TIMEOUT", "1d", _positive_duration),
+            markov_window_ms=reader.get("MARKOV_WINDOW", "30d", _positive_duration),
             attribution_grace_ms=reader.get("ATTRIBUTION_GRACE", "2s", parse_duration_ms),
             kafka_session_timeout_ms=reader.get("KAFKA_SESSION_TIMEOUT", "10s", _positive_duration),
             campaign_label_cap=reader.get("CAMPAIGN_LABEL_CAP", 200, _positive_int),
@@ -143,6 +152,8 @@ class Settings:
             ltv_stage=reader.get("LTV_STAGE", "on", _on_off),
             worker_intake=reader.get("WORKER_INTAKE", "on", _on_off),
             event_loop=reader.get("EVENT_LOOP", "uvloop", _event_loop),
+            markov_interval_ms=reader.get("MARKOV_INTERVAL", "10s", _positive_duration),
+            markov_stage=reader.get("MARKOV_STAGE", "on", _on_off),
         )
 
 
@@ -210,9 +221,9 @@ def _event_loop(text: str) -> str:
     return text
 
 
-def _model(text: str) -> Model:
-    if text not in MODELS:
-        raise ValueError(f"must be one of {', '.join(MODELS)}, got {text!r}")
+def _model(text: str) -> MetricModel:
+    if text not in METRIC_MODELS:
+        raise ValueError(f"must be one of {', '.join(METRIC_MODELS)}, got {text!r}")
     return text  # type: ignore[return-value]
 
 

@@ -1,12 +1,14 @@
 """`attribution top`: a live per-channel KPI table read from `metrics.channel` (CONTRACT.md sections 4, 7).
 
-* `Board` (pure) keeps the latest message per (channel, window_start) and the latest
-  switch-off signal per channel; `Board.view()` picks the current window (the newest
-  one) and the last closed one (the one before it).
+* `Board` (pure) keeps the latest message per (channel, window_start), the latest
+  switch-off signal per channel and the latest Markov model (`metrics.markov`, section 8);
+  `Board.view()` picks the current window (the newest one) and the last closed one (the
+  one before it).
 * `render` / `render_text` (pure) turn a view into rich tables / plain text: one table per
   window, a row per channel marked with its signal (pause red, keep yellow, scale green),
   a total row, `—` for a ratio with a zero denominator. Columns that do not fit the width
-  are left out, least important first.
+  are left out, least important first. Under them, the data-driven share of each channel
+  next to its last-click share of the same converting paths.
 * `watch` reads the topics (no consumer group, from the earliest offset) and shows the
   board every second: a `rich.live` view on a terminal, a printed table every few seconds
   otherwise. `run` is the `attribution top` command.
@@ -34,7 +36,7 @@ from rich.text import Text
 
 from streams.config import Settings
 from streams.core.kpis import KPIS, Figures
-from streams.kafka.topics import METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC
+from streams.kafka.topics import METRICS_CHANNEL_TOPIC, METRICS_MARKOV_TOPIC, SIGNALS_TOPIC
 
 DASH = "—"
 ACTION_STYLES = {"pause": "bold red", "keep": "yellow", "scale": "bold green"}
@@ -56,6 +58,7 @@ class View(NamedTuple):
     current: WindowView | None
     previous: WindowView | None
     actions: dict[str, str]  # channel -> latest action
+    markov: tuple[dict[str, Any], ...] = ()  # the newest metrics.markov computation, a message per channel
 
 
 class Board:
@@ -65,6 +68,7 @@ class Board:
         self.keep_windows = keep_windows
         self._windows: dict[int, dict[str, tuple[tuple[int, int], dict[str, Any]]]] = {}
         self._actions: dict[str, tuple[tuple[int, int], str]] = {}
+        self._markov: dict[str, dict[str, Any]] = {}
         self.metrics_seen = 0
         self.ignored = 0
 
@@ -108,11 +112,32 @@ class Board:
         self._actions[channel] = (position, action)
         return True
 
+    def add_markov(self, value: Any) -> bool:
+        """A `metrics.markov` message: the newest computation per channel wins."""
+        if not isinstance(value, dict) or not isinstance(value.get("channel"), str) \
+                or not isinstance(value.get("computed_at"), int) or _num(value.get("share")) is None:
+            self.ignored += 1
+            return False
+        held = self._markov.get(value["channel"])
+        if held is not None and held["computed_at"] > value["computed_at"]:
+            return False
+        self._markov[value["channel"]] = value
+        return True
+
+    def markov_rows(self) -> tuple[dict[str, Any], ...]:
+        """The newest computation's channels (one that left the window is not in it), by share, largest first."""
+        if not self._markov:
+            return ()
+        newest = max(m["computed_at"] for m in self._markov.values())
+        rows = [m for m in self._markov.values() if m["computed_at"] == newest]
+        return tuple(sorted(rows, key=lambda m: (-m["share"], m["channel"])))
+
     def view(self) -> View:
         starts = sorted(self._windows, reverse=True)
         windows = [self._window_view(start) for start in starts[:2]]
         actions = {channel: action for channel, (_, action) in self._actions.items()}
-        return View(windows[0] if windows else None, windows[1] if len(windows) > 1 else None, actions)
+        return View(windows[0] if windows else None, windows[1] if len(windows) > 1 else None, actions,
+                    self.markov_rows())
 
     def _window_view(self, start: int) -> WindowView:
         rows = [value for _, value in self._windows[start].values()]
@@ -255,14 +280,32 @@ def render_table(label: str, window: WindowView, actions: dict[str, str], column
     return table
 
 
+def render_markov(rows: Sequence[dict[str, Any]]) -> Table:
+    """Per channel, the data-driven share (Markov removal effects) next to the last-click share of the same
+    converting paths, over MARKOV_WINDOW."""
+    first = rows[0]
+    title = (f"data-driven vs last click: {fmt_count(first.get('paths'))} paths, "
+             f"{fmt_count(first.get('converting_paths'))} converting")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("Channel", "Data-driven", "Last click", "Conversions", "Revenue", "Removal effect"):
+        table.add_column(header, justify="left" if header == "Channel" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(row["channel"], fmt_percent(row.get("share")), fmt_percent(row.get("last_click_share")),
+                      fmt_credit(row.get("conversions")), fmt_money(row.get("revenue")),
+                      fmt_percent(row.get("removal_effect")))
+    return table
+
+
 def render(view: View, width: int | None = None, caption: str = "") -> RenderableType:
-    """A view -> a rich renderable: the current window's table, then the last one's."""
+    """A view -> a rich renderable: the current window's table, then the last one's, then the Markov shares."""
     if view.current is None:
         return Text(f"waiting for figures on {METRICS_CHANNEL_TOPIC}…" + (f"  {caption}" if caption else ""))
     columns = choose_columns(view, width)
     parts: list[RenderableType] = [render_table("current", view.current, view.actions, columns)]
     if view.previous is not None:
         parts.append(render_table("last", view.previous, view.actions, columns))
+    if view.markov:
+        parts.append(render_markov(view.markov))
     if caption:
         parts.append(Text(caption, style="dim"))
     return Group(*parts)
@@ -308,7 +351,7 @@ async def watch(
         fetch_max_wait_ms=200,
     )
     await consumer.start()
-    consumer.subscribe([METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC])
+    consumer.subscribe([METRICS_CHANNEL_TOPIC, SIGNALS_TOPIC, METRICS_MARKOV_TOPIC])
     started = time.monotonic()
     first_shown = False
 
@@ -381,6 +424,8 @@ def _ingest(board: Board, batches: dict[Any, list[Any]]) -> None:
             position = (tp.partition, record.offset)
             if tp.topic == METRICS_CHANNEL_TOPIC:
                 board.add_metric(value, position)
+            elif tp.topic == METRICS_MARKOV_TOPIC:
+                board.add_markov(value)
             else:
                 board.add_signal(record.key, value, position)
 

@@ -130,6 +130,9 @@ class WorkerMetrics:
         self.ltv_cac = Gauge("attribution_ltv_cac", "Spend per acquired customer, cumulative", ("channel",),
                              registry=registry)
         self.ltv_ltv_cac = Gauge("attribution_ltv_ltv_cac", "clv / cac, cumulative", ("channel",), registry=registry)
+        # The Markov model's shares (metrics.markov), set by the worker that computes the chain.
+        self.markov_share = Gauge("attribution_markov_share", "Share of the Markov model's removal effects",
+                                  ("channel",), registry=registry)
 
     def count(self, counts: BatchCounts, counter: Counter, channel: str, campaign: str, amount: float = 1.0) -> None:
         """Add to the counter's (channel, campaign) child in `counts`; nothing for 0, so no series of zeros."""

@@ -14,18 +14,20 @@ from streams.kafka.faust_patches import (
     lower_fetch_wait,
     seek_uncommitted_partitions_to_beginning,
 )
+from streams.kafka.markov_effects import MarkovEffects
 from streams.kafka.tables import KeyPartitionedTable
 from streams.kafka.topics import (
     ATTRIBUTIONS_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
     METRICS_LTV_TOPIC,
+    METRICS_MARKOV_TOPIC,
     SIGNALS_TOPIC,
 )
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.pushgateway import Pusher
 from streams.serving.store import Claims, Store
-from streams.stages import intake, journeys, ltv, metrics, signals, web
+from streams.stages import intake, journeys, ltv, markov, metrics, signals, web
 from streams.stages.claims import TableClaims
 from streams.stages.topology import (
     APP_ID,
@@ -33,6 +35,7 @@ from streams.stages.topology import (
     FETCH_MAX_WAIT_MS,
     JOURNEY_TOPIC,
     LTV_PARTIALS_TOPIC,
+    MARKOV_PARTIALS_TOPIC,
     PARTIALS_TOPIC,
     PRODUCER_BATCH_BYTES,
     Wiring,
@@ -106,6 +109,13 @@ def build(
         wiring.metrics_ltv = app.topic(METRICS_LTV_TOPIC, partitions=n)
         wiring.ltv_customers = _table(app, settings, "ltv-customers", ltv.key_partition)
         wiring.ltv_channels = _table(app, settings, "ltv-channels", wiring.partition_of)
+    if settings.markov_stage:  # MARKOV_STAGE=off: no paths, no chain, `models.markov` linear
+        wiring.markov_partials_topic = app.topic(MARKOV_PARTIALS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+        wiring.metrics_markov = app.topic(METRICS_MARKOV_TOPIC, partitions=n)
+        wiring.markov_paths = _table(app, settings, "markov-paths", wiring.partition_of, value_serializer="raw")
+        wiring.markov_chain = _table(app, settings, "markov-chain", lambda key: markov.CHAIN_PARTITION)
+        wiring.markov_effects = MarkovEffects(bootstrap, n)
+        app.service(wiring.markov_effects)
     wiring.signal_inputs = app.topic(METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC, key_type=bytes, value_type=bytes)
     wiring.signals = app.topic(SIGNALS_TOPIC, partitions=n)
     wiring.signal_keys = _table(app, settings, "signal-keys",
@@ -114,6 +124,8 @@ def build(
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
         intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
+    if settings.markov_stage:
+        markov.register(wiring)
     metrics.register(wiring)
     if settings.ltv_stage:
         ltv.register(wiring)

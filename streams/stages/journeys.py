@@ -47,6 +47,7 @@ from streams.core.windows import (
 from streams.kafka.skipped_records import SkippedRecordGuard
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import OUTCOMES, BatchCounts
+from streams.stages import markov
 from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class JourneyStage:
         self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in OUTCOMES}
         self.counts = BatchCounts()  # Prometheus counts and lags of the batch at hand, published at its end
         self.lags: list[float] = []
+        self.paths: markov.PathStage | None = None  # the Markov model's paths (streams.stages.markov.register)
 
     # -- batches of journey events -------------------------------------------------------------
     def absorb_batch(self, batch: list[Any]) -> None:
@@ -122,6 +124,8 @@ class JourneyStage:
         journeys = absorbed.journeys
         for journey in journeys.values():
             journey.prune(self.retention)
+        if self.paths is not None:
+            self.paths.seen(journeys)
         self.w.journeys.put_rows({key: journey.to_row() for key, journey in journeys.items()})
         self.write_partials(absorbed.partials)
         self.count_batch(absorbed)
@@ -294,6 +298,8 @@ class JourneyStage:
         # The partials, attributions and customer orders must be on Kafka before the journeys forget the
         # conversions: a crash between the two changelogs would lose them (found by the kill -9 test).
         await self.w.partials.send_changes()
+        if self.paths is not None:
+            await self.w.markov_paths.send_changes()
         await self.send_customer_orders()
         await self.w.claims.written()
         await self.w.app.producer.flush()
@@ -392,6 +398,9 @@ class JourneyStage:
         path = journey_for(journey.touchpoints(), conversion.ts, self.lookback, promo, conversion.event_id)
         revenue = conversion.revenue if isinstance(conversion, Order) else 0.0
         by_model = {model: credits(model, path, conversion.ts, s.time_decay_half_life_ms) for model in MODELS}
+        by_model["markov"] = markov.credits(self.w, path, conversion.ts)
+        if self.paths is not None:
+            self.paths.converted(conversion.tracking_id, conversion.ts, path, revenue)
         chosen = by_model[s.attribution_model]
         owed = commissions(path, revenue, affiliates) if isinstance(conversion, Order) else []
         message = {

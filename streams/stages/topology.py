@@ -17,6 +17,10 @@
                                   │ ltv channels: + cumulative spend from metrics.channel
                                   ▼
                  metrics.ltv   (+ the store for GET /api/v1/ltv)
+ journeys ──► attribution-markov-partials (paths per visitor -> counts per partition; all on partition 0)
+                                  │ markov chain: removal effects, at most every MARKOV_INTERVAL
+                                  ▼
+                 metrics.markov ──► every worker (models.markov credit, GET /api/v1/markov)
 
 Tables choose their changelog partition from the key with the same murmur2 the intake uses
 to route events, so a key's state always lives with the partition that reads its events.
@@ -44,12 +48,14 @@ JOURNEY_TOPIC = "attribution-journey-events"
 PARTIALS_TOPIC = "attribution-metric-partials"
 CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
+MARKOV_PARTIALS_TOPIC = "attribution-markov-partials"
 FETCH_MAX_WAIT_MS = 10
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
-TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims")
+TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims",
+          "markov-paths", "markov-chain")
 # Created before Faust starts: a producer's first send must never auto-create one of these with the
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
-INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC)
+INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC, MARKOV_PARTIALS_TOPIC)
 CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
 # Tables keyed like these topics find a key's partition with TOPIC_PARTITIONS: they must have that many.
 CO_PARTITIONED_TOPICS = INTERNAL_TOPICS + CHANGELOG_TOPICS + (METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC)
@@ -84,6 +90,11 @@ class Wiring:
     signal_keys: Any = None
     claims: Claims | None = None  # customers and order ids: Redis, or the claims table (streams.stages.claims)
     claims_table: Any = None
+    markov_partials_topic: Any = None  # the Markov model (section 8): stages/markov.py
+    metrics_markov: Any = None
+    markov_paths: Any = None
+    markov_chain: Any = None
+    markov_effects: Any = None  # streams.kafka.markov_effects.MarkovEffects: the latest model, on every worker
     affiliates: AffiliateDirectory | None = None
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -22,6 +22,7 @@ from streams.stages.metrics import KPI_NAMESPACE
 from streams.stages.topology import Wiring
 
 LTV_OFF = {"error": "lifetime value is off on this worker (LTV_STAGE=off)"}
+MARKOV_OFF = {"error": "the Markov model is off on this worker (MARKOV_STAGE=off)"}
 LATEST_TAIL = 10_000  # metric messages read back per partition at start
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ def register(w: Wiring) -> None:
         stored = await w.store.get_latest(LTV_NAMESPACE)
         return web.bytes(orjson.dumps(latest_ltv(stored)), content_type="application/json")
 
-    for path, handler in (("kpis", kpis), ("state", state), ("ltv", ltv)):
+    async def markov(web: Any, request: Any) -> Any:
+        """The latest `metrics.markov` message per channel, as every worker follows the topic."""
+        if w.markov_effects is None:
+            return web.bytes(orjson.dumps(MARKOV_OFF), content_type="application/json", status=404)
+        return web.bytes(orjson.dumps(w.markov_effects.model.messages()), content_type="application/json")
+
+    for path, handler in (("kpis", kpis), ("state", state), ("ltv", ltv), ("markov", markov)):
         w.app.page(f"/api/v1/{path}", name=handler.__name__)(page.guard(w, handler))
     page.register(w, state_summary)

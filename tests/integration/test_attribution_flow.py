@@ -193,9 +193,14 @@ def assert_message(message: dict[str, Any], conversion: dict[str, Any], revenue:
     assert message["currency"] == "USD"
     assert message["model"] == "last_click"
     assert_credits(message["credits"], models["last_click"], "credits")
-    assert set(message["models"]) == set(MODELS)
+    assert set(message["models"]) == {*MODELS, "markov"}
     for model in MODELS:
         assert_credits(message["models"][model], models[model], model)
+    # the data-driven credit depends on the paths seen so far (tests/integration/test_markov_flow.py): it sums
+    # to 1 over channels of the journey
+    markov = message["models"]["markov"]
+    assert sum(c["weight"] for c in markov) == pytest.approx(1.0)
+    assert {c["channel"] for c in markov} <= {c["channel"] for c in message["models"]["linear"]}
     got = sorted((c["affiliate_id"], c["role"], round(c["amount"], 6)) for c in message["commissions"])
     assert got == sorted((a, role, round(amount, 6)) for a, role, amount in commissions)
 

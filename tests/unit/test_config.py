@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from streams.commands import cli
-from streams.config import MODELS, ConfigError, Settings, parse_duration_ms, parse_fx_rates
+from streams.config import METRIC_MODELS, ConfigError, Settings, parse_duration_ms, parse_fx_rates
 
 DAY = 86_400_000
 
@@ -42,6 +42,8 @@ def test_every_contract_variable_has_its_documented_default() -> None:
     assert s.romi_scale == 1.0
     assert s.customer_retention_ms == 400 * DAY
     assert dict(s.fx_rates) == {"USD": 1.0}  # empty: only the reporting currency itself
+    assert s.path_timeout_ms == 1 * DAY
+    assert s.markov_window_ms == 30 * DAY
 
 
 def test_from_env_without_a_mapping_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,13 +101,16 @@ def test_a_duration_without_a_known_unit_is_rejected(text: str) -> None:
         ("ROMI_FLOOR", "romi_floor", "-0.5", -0.5),
         ("ROMI_SCALE", "romi_scale", "2", 2.0),
         ("CUSTOMER_RETENTION", "customer_retention_ms", "90d", 90 * DAY),
+        ("PATH_TIMEOUT", "path_timeout_ms", "30m", 1_800_000),
+        ("MARKOV_WINDOW", "markov_window_ms", "7d", 7 * DAY),
+        ("ATTRIBUTION_MODEL", "attribution_model", "markov", "markov"),
     ],
 )
 def test_every_contract_variable_is_read(variable: str, field: str, text: str, value: object) -> None:
     assert getattr(settings(**{variable: text}), field) == value
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", METRIC_MODELS)
 def test_every_attribution_model_is_accepted(model: str) -> None:
     assert settings(ATTRIBUTION_MODEL=model).attribution_model == model
 
@@ -132,6 +137,8 @@ def test_fx_rates_tolerate_spaces_and_a_trailing_comma() -> None:
         ("TOPIC_PARTITIONS", "eight"),
         ("ATTRIBUTION_MODEL", "last_touch"),
         ("CLICK_LOOKBACK", "30"),
+        ("PATH_TIMEOUT", "0s"),
+        ("MARKOV_WINDOW", "30"),
         ("CLICK_LOOKBACK", "0d"),
         ("VIEW_LOOKBACK", "1 day"),
         ("TIME_DECAY_HALF_LIFE", "0s"),
@@ -262,3 +269,19 @@ def test_dlq_retention_is_seven_days_by_default_or_a_positive_duration() -> None
     assert settings(DLQ_RETENTION="36h").dlq_retention_ms == 36 * 3_600_000
     with pytest.raises(ConfigError, match="^DLQ_RETENTION='0s' is not valid"):
         settings(DLQ_RETENTION="0s")
+
+
+# --- not in the contract: MARKOV_STAGE and MARKOV_INTERVAL (section 8's model, its cost and its pace) -----
+
+
+@pytest.mark.parametrize(("text", "on"), [("on", True), ("off", False), ("", True)])
+def test_markov_stage_is_on_or_off_and_on_by_default(text: str, on: bool) -> None:
+    assert settings().markov_stage is True
+    assert settings(MARKOV_STAGE=text).markov_stage is on
+
+
+def test_the_markov_model_is_recomputed_at_most_every_10s_by_default() -> None:
+    assert settings().markov_interval_ms == 10_000
+    assert settings(MARKOV_INTERVAL="1s").markov_interval_ms == 1_000
+    with pytest.raises(ConfigError, match="^MARKOV_INTERVAL='0s' is not valid"):
+        settings(MARKOV_INTERVAL="0s")

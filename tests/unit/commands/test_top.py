@@ -180,3 +180,49 @@ def test_without_figures_it_says_it_is_waiting() -> None:
 def test_render_accepts_a_view_built_by_hand() -> None:
     window = WindowView(T0, T0 + W, False, (message("email", T0, GOOGLE),))
     assert "email" in render_text(View(window, None, {"email": "scale"}), width=250)
+
+
+# --- the data-driven share next to last click (CONTRACT.md section 8) ------------------------------------
+
+
+def markov_message(channel: str, share: float, last_click: float, computed_at: int = T0) -> dict:
+    return {"channel": channel, "removal_effect": share / 2, "share": share, "conversions": 100 * share,
+            "revenue": 1000 * share, "paths": 900, "converting_paths": 100, "null_paths": 800,
+            "computed_at": computed_at, "last_click_share": last_click}
+
+
+def markov_rows(text: str) -> dict[str, list[str]]:
+    after = text.split("data-driven vs last click", 1)[1]
+    return {line.split()[0]: line.split()[1:] for line in after.splitlines() if line.split()
+            and line.split()[0] in ("email", "search", "video")}
+
+
+def test_each_channel_shows_its_data_driven_share_next_to_its_last_click_share() -> None:
+    board = board_with(message("email", T0, GOOGLE))
+    for m in (markov_message("search", 0.25, 0.6), markov_message("email", 0.75, 0.4)):
+        assert board.add_markov(m)
+    text = render_text(board.view(), width=250)
+    assert "900 paths, 100 converting" in text
+    rows = markov_rows(text)
+    assert rows["email"][:2] == ["75.00%", "40.00%"] and rows["search"][:2] == ["25.00%", "60.00%"]
+    assert list(rows) == ["email", "search"]  # largest share first
+
+
+def test_only_the_newest_computation_is_shown() -> None:
+    board = board_with(message("email", T0, GOOGLE))
+    board.add_markov(markov_message("video", 0.5, 0.5, computed_at=T0))
+    board.add_markov(markov_message("email", 1.0, 1.0, computed_at=T0 + 10_000))
+    board.add_markov(markov_message("email", 0.1, 0.1, computed_at=T0))  # an older one read late
+    assert [m["channel"] for m in board.view().markov] == ["email"]
+    assert board.view().markov[0]["share"] == 1.0
+
+
+def test_a_message_that_is_not_a_model_message_is_ignored() -> None:
+    board = Board()
+    assert not board.add_markov({"channel": "email"})
+    assert not board.add_markov([1, 2])
+    assert board.view().markov == () and board.ignored == 2
+
+
+def test_without_a_model_there_is_no_markov_table() -> None:
+    assert "data-driven" not in render_text(board_with(message("email", T0, GOOGLE)).view(), width=250)

@@ -11,6 +11,7 @@ import pytest
 
 from streams.core.events import SCHEMA_DIR, TOPIC_TYPES, load_schema
 from streams.core.kpis import Figures, metrics_message
+from streams.core.markov import counts_of, markov_messages
 from streams.stages.intake import dlq_record
 
 SCHEMA_FILES = sorted(path.stem for path in SCHEMA_DIR.glob("*.json"))
@@ -96,7 +97,7 @@ def subschemas(schema: dict[str, Any], path: str = "#") -> list[tuple[str, dict[
 
 
 def test_the_schema_folder_holds_every_message_kind() -> None:
-    assert set(SCHEMA_FILES) >= {*INPUT_KINDS, "attribution", "metrics", "dlq", "affiliate"}
+    assert set(SCHEMA_FILES) >= {*INPUT_KINDS, "attribution", "metrics", "dlq", "affiliate", "markov"}
 
 
 @pytest.mark.parametrize("kind", SCHEMA_FILES)
@@ -211,3 +212,35 @@ def test_a_dlq_record_carries_the_raw_value_as_text() -> None:
     raw = orjson.dumps([{"event_id": "e1"}, {"event_id": ""}])
     assert orjson.loads(dlq_record("x", "clicks", 0, 0, 1, raw))["value"] == raw.decode()
 
+
+
+# CONTRACT.md section 8, copied verbatim.
+MARKOV_EXAMPLE = orjson.loads("""
+{"channel": "google_ads", "removal_effect": 0.41, "share": 0.23,
+ "conversions": 198.4, "revenue": 39950.0, "paths": 3000,
+ "converting_paths": 863, "null_paths": 2137, "computed_at": 1763800000000}
+""")
+
+
+def test_the_contract_markov_example_validates() -> None:
+    validator("markov")(MARKOV_EXAMPLE)
+
+
+def test_the_markov_schema_requires_every_contract_figure() -> None:
+    for name in MARKOV_EXAMPLE:
+        with pytest.raises(fastjsonschema.JsonSchemaValueException):
+            validator("markov")({k: v for k, v in MARKOV_EXAMPLE.items() if k != name})
+
+
+def test_markov_messages_validate_against_markov_json() -> None:
+    counts = counts_of([(["a", "b"], True, 30.0), (["a"], False, 0.0), (["b", "b"], True, 60.0), (["c"], False, 0.0)])
+    messages = markov_messages(counts, 1763800000000)
+    assert [m["channel"] for m in messages] == ["a", "b", "c"]
+    for message in messages:
+        validator("markov")(orjson.loads(orjson.dumps(message)))
+
+
+def test_the_attribution_schema_names_markov_as_a_model() -> None:
+    validator("attribution")({**ATTRIBUTION_EXAMPLE, "model": "markov"})
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        validator("attribution")({**ATTRIBUTION_EXAMPLE, "model": "shapley"})
