@@ -398,14 +398,6 @@ class WorkerProcess:
         self.process.wait()
         return self.process.returncode
 
-    def pause(self) -> None:
-        """SIGSTOP to the process group: it neither runs nor talks to Kafka until `resume()` (a long GC pause,
-        a frozen VM)."""
-        self._signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal_group(signal.SIGCONT)
-
     def log_text(self) -> str:
         return _read(self.log_path)
 
