@@ -5,9 +5,11 @@ A missing Java, Maven or Redis is a failure, not a skip: CI runs these tests (se
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +116,27 @@ def make_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in workers:
         worker.stop(timeout=15)
         print(f"--- {worker.name} log ({worker.log_path}) ---\n{worker.tail(80)}")
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless at 1280x800, through chromium-driver (deploy/system-deps.sh installs both; a
+    missing one fails the test)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(path), f"{path} is missing: deploy/system-deps.sh installs chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,800", "--hide-scrollbars", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(1280, 800)
+    yield driver
+    driver.quit()

@@ -6,10 +6,9 @@ against the collector on the real broker. With `data-consent="required"` no cook
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.integration.services import consume_all, create_topics
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 PIXEL = Path(__file__).resolve().parents[2] / "deploy" / "pixel" / "pixel.js"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -52,22 +50,6 @@ async def site(kafka_bootstrap: str) -> AsyncIterator[TestServer]:
     async with TestServer(app, host="127.0.0.1") as server:
         yield server
     await producer.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert shutil.which(path), f"{path} is missing: deploy/system-deps.sh installs chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 async def events_of(bootstrap: str, topic: str, campaign: str, count: int) -> list[dict[str, Any]]:

@@ -42,7 +42,6 @@ pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "page-test-token-7f3a"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KPI_KEYS = {"spend", "revenue", "romi", "roas", "roi", "cpl", "cpa", "cac", "cpc", "cpm", "ctr", "conversion_rate",
             "aov", "impressions", "clicks", "leads", "orders"}
 RULE_MODELS = {"last_click", "first_click", "linear", "time_decay", "position_based"}
@@ -64,25 +63,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded = EmbeddedBroker(run_dir=tmp_path_factory.mktemp("page-broker"))
     yield embedded.start()
     embedded.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert shutil.which(path), f"{path} is missing: deploy/system-deps.sh installs chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,800", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_window_size(1280, 800)
-    yield driver
-    driver.quit()
 
 
 def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
