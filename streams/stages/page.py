@@ -215,21 +215,21 @@ def register(w: Wiring, state_summary: Callable[[Wiring], dict[str, Any]]) -> Fe
     async def info(web: Any, request: Any) -> Any:
         return json_response(web, page_info(w))
 
-    async def trends(web: Any, request: Any) -> Any:
-        feed.ensure_running()
-        try:
-            last = parse_last(request.query)
-        except ValueError as exc:
-            return json_response(web, {"error": str(exc)}, status=400)
-        return json_response(web, feed.trends.rows(last))
+    def over_windows(view: Callable[[int], Any]) -> Handler:
+        """A board of the feed over the last N windows (`?windows=N`); a bad N answers 400 with the reason."""
 
-    async def models(web: Any, request: Any) -> Any:
-        feed.ensure_running()
-        try:
-            last = parse_last(request.query)
-        except ValueError as exc:
-            return json_response(web, {"error": str(exc)}, status=400)
-        return json_response(web, {"attribution_model": w.settings.attribution_model, **feed.models.view(last)})
+        async def board(web: Any, request: Any) -> Any:
+            feed.ensure_running()
+            try:
+                last = parse_last(request.query)
+            except ValueError as exc:
+                return json_response(web, {"error": str(exc)}, status=400)
+            return json_response(web, view(last))
+
+        return board
+
+    trends = over_windows(feed.trends.rows)
+    models = over_windows(lambda last: {"attribution_model": w.settings.attribution_model, **feed.models.view(last)})
 
     async def signals(web: Any, request: Any) -> Any:
         feed.ensure_running()
