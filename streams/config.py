@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Model = Literal["last_click", "first_click", "linear", "time_decay", "position_based"]
 MODELS: tuple[Model, ...] = ("last_click", "first_click", "linear", "time_decay", "position_based")
@@ -52,6 +52,26 @@ def parse_fx_rates(text: str) -> dict[str, float]:
     return rates
 
 
+class ClickFlood(NamedTuple):
+    """CLICK_FLOOD: a tracking ID's clicks beyond `clicks` within any `span_ms` of event time are suspect."""
+
+    clicks: int
+    span_ms: int
+
+
+def parse_click_flood(text: str) -> ClickFlood | None:
+    """`30/1h` -> ClickFlood(30, 3600000); `0` or `off` -> None (the rule is off)."""
+    if text in ("0", "off"):
+        return None
+    count, sep, span = text.partition("/")
+    if not sep or not count.strip().isdigit():
+        raise ValueError(f"expected clicks/span like 30/1h, or 0 or off, got {text!r}")
+    clicks, span_ms = int(count), parse_duration_ms(span)
+    if clicks < 1 or span_ms <= 0:
+        raise ValueError(f"clicks and span must be > 0, got {text!r}")
+    return ClickFlood(clicks, span_ms)
+
+
 def parse_bootstrap(text: str) -> str:
     for server in text.split(","):
         host, sep, port = server.strip().rpartition(":")
@@ -90,6 +110,8 @@ class Settings:
     fx_rates: Mapping[str, float] = field(default_factory=dict)
     path_timeout_ms: int = 86_400_000
     markov_window_ms: int = 30 * 86_400_000
+    min_click_gap_ms: int = 10_000  # MIN_CLICK_GAP (0: off)
+    click_flood: ClickFlood | None = ClickFlood(30, 3_600_000)  # CLICK_FLOOD (None: off)
     # Not in the contract: engine tuning with safe defaults.
     attribution_grace_ms: int = 2_000
     kafka_session_timeout_ms: int = 10_000
@@ -142,6 +164,8 @@ class Settings:
             fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
             path_timeout_ms=reader.get("PATH_TIMEOUT", "1d", _positive_duration),
             markov_window_ms=reader.get("MARKOV_WINDOW", "30d", _positive_duration),
+            min_click_gap_ms=reader.get("MIN_CLICK_GAP", "10s", _duration_or_off),
+            click_flood=reader.get("CLICK_FLOOD", "30/1h", parse_click_flood),
             attribution_grace_ms=reader.get("ATTRIBUTION_GRACE", "2s", parse_duration_ms),
             kafka_session_timeout_ms=reader.get("KAFKA_SESSION_TIMEOUT", "10s", _positive_duration),
             campaign_label_cap=reader.get("CAMPAIGN_LABEL_CAP", 200, _positive_int),
@@ -192,6 +216,11 @@ def _positive_duration(text: str) -> int:
     if value <= 0:
         raise ValueError(f"must be > 0, got {text!r}")
     return value
+
+
+def _duration_or_off(text: str) -> int:
+    """A duration; `0` or `off` turn the rule off (0 ms)."""
+    return 0 if text in ("0", "off") else parse_duration_ms(text)
 
 
 def _finite(text: str) -> float:

@@ -13,6 +13,8 @@
 - Consent (CONTRACT.md section 10): a pixel request with `consent=0` carries `"consent": false`, reads and
   sets no cookie, takes no `tid` and clears a `_tid` cookie it brings; `GET /consent?given=0` (the pixel's
   `attribution.consent(false)`) only clears the cookie.
+- Bots (CONTRACT.md section 9): a pixel request whose `User-Agent` the maintained Crawler-Detect list
+  (`crawlerdetect` on PyPI) knows as a bot or crawler gets the GIF and produces nothing, sets no cookie.
 - `GET /healthz` (broker reachable) and `GET /metrics` (Prometheus).
 
 Every event is checked with `streams.core.events.validate` (the worker's own validator) and produced
@@ -45,6 +47,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
+from crawlerdetect import CrawlerDetect
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -258,6 +261,10 @@ class CollectorMetrics:
             "collector_events_rejected", "events refused (invalid, or not allowed on the route)", ("route",),
             registry=self.registry,
         )
+        self.bots = Counter(
+            "attribution_collector_bots", "pixel requests from known bots and crawlers: answered, nothing produced",
+            registry=self.registry,
+        )
         self.produce_latency = Histogram(
             "collector_produce_latency_seconds", "time from handing a request's events to the producer to their acks",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -329,8 +336,12 @@ def build_app(
     health = BrokerHealth(bootstrap or settings.kafka_bootstrap or _producer_bootstrap(producer))
     sink = _Sink(producer, metrics)
     keys = settings.collector_keys
+    crawlers = CrawlerDetect()  # its own cache of user agents already judged
 
     async def pixel(request: web.Request) -> web.StreamResponse:
+        if crawlers.is_crawler(request.headers.get("User-Agent", "")):
+            metrics.bots.inc()
+            return _gif()
         params: dict[str, str] = dict(request.query)
         if request.method == "POST":
             body = await _read_limited(request, MAX_PIXEL_BODY_BYTES)
@@ -361,9 +372,7 @@ def build_app(
         failure = await sink.produce([(TYPE_TOPICS[event["type"]], tid.encode(), event)])
         if failure:
             return _error(503, failure)
-        response = web.Response(body=GIF, content_type="image/gif")
-        response.headers["Cache-Control"] = "no-store, no-cache, must-revalidate, max-age=0"
-        response.headers["Pragma"] = "no-cache"
+        response = _gif()
         if new_cookie is not None:
             response.set_cookie(
                 TID_COOKIE, new_cookie, max_age=TID_COOKIE_MAX_AGE_S, path="/", httponly=True, samesite="Lax",
@@ -501,6 +510,13 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _gif() -> web.Response:
+    response = web.Response(body=GIF, content_type="image/gif")
+    response.headers["Cache-Control"] = "no-store, no-cache, must-revalidate, max-age=0"
+    response.headers["Pragma"] = "no-cache"
+    return response
 
 
 def _dumps(value: Any) -> str:

@@ -52,6 +52,7 @@ class Affiliate(NamedTuple):
 class Lookback(NamedTuple):
     click_ms: int
     view_ms: int
+    min_click_gap_ms: int = 0  # MIN_CLICK_GAP: a click closer than this to the conversion is not its touchpoint
 
 
 def order_key(touch: Touchpoint) -> tuple[int, bool, str | int]:
@@ -59,9 +60,19 @@ def order_key(touch: Touchpoint) -> tuple[int, bool, str | int]:
 
 
 def in_lookback(touch: Touchpoint, conversion_ts: int, lookback: Lookback) -> bool:
-    """At or before the conversion, and no older than its kind's lookback (the edge is inclusive)."""
-    window = lookback.click_ms if touch.kind in CLICK_KINDS else lookback.view_ms
-    return conversion_ts - window <= touch.ts <= conversion_ts
+    """At or before the conversion, and no older than its kind's lookback (the edge is inclusive); a click
+    (not a promo code's) no closer to it than MIN_CLICK_GAP."""
+    if touch.kind in CLICK_KINDS:
+        latest = conversion_ts - lookback.min_click_gap_ms if touch.kind == "c" else conversion_ts
+        return conversion_ts - lookback.click_ms <= touch.ts <= latest
+    return conversion_ts - lookback.view_ms <= touch.ts <= conversion_ts
+
+
+def too_close_clicks(touches: Iterable[Touchpoint], conversion_ts: int, lookback: Lookback) -> list[Touchpoint]:
+    """The clicks MIN_CLICK_GAP keeps out of the conversion's touchpoints: less than the gap before it (click
+    injection). A click exactly the gap before it still counts."""
+    gap = lookback.min_click_gap_ms
+    return [t for t in touches if t.kind == "c" and conversion_ts - gap < t.ts <= conversion_ts]
 
 
 def journey_for(

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from streams.config import Settings
+from streams.config import ClickFlood, Settings
 from streams.core.attribution import Touchpoint
 from streams.core.events import Lead, Order, Spend, Touch
 from streams.core.watermarks import SourceWatermarks
@@ -51,6 +51,8 @@ class Admission(Enum):
     NEW = "new"  # first time: remember and count it
     REPLAY = "replay"  # this very input was absorbed before a restart: state has it already
     DUPLICATE = "duplicate"  # a repeat of an event (or order) already seen: count once as duplicate
+    SUSPECT = "suspect"  # a new click beyond CLICK_FLOOD: remembered by its id only, no touchpoint
+    SUSPECT_REPLAY = "suspect replay"  # such a click absorbed before a restart
 
 
 def seq_of(offset: int, position: int) -> int:
@@ -309,11 +311,13 @@ class Journey:
             return Admission.REPLAY if earlier_seq == seq else Admission.DUPLICATE
         return Admission.NEW
 
-    def admit(self, event: Touch | Lead | Order | Spend, seq: int, retention: Retention) -> Admission:
+    def admit(
+        self, event: Touch | Lead | Order | Spend, seq: int, retention: Retention, flood: ClickFlood | None = None
+    ) -> Admission:
         """Judge an event by its ids and, when it is new, remember it: a touchpoint with its id, any other
         event by its ids, each for as long as `retention` says."""
         if event.kind == "i" or event.kind == "c":
-            return self.admit_touch(event, seq, retention)  # type: ignore[arg-type]
+            return self.admit_touch(event, seq, retention, flood)  # type: ignore[arg-type]
         hashes = [id_hash(i) for i in event_ids(event)]
         admission = self.judge(hashes, seq, retention.dedup_ms)
         if admission is not Admission.NEW:
@@ -325,17 +329,26 @@ class Journey:
         self.last_ts = max(self.last_ts, ts)
         return Admission.NEW
 
-    def admit_touch(self, touch: Touch, seq: int, retention: Retention) -> Admission:
-        """`admit` for an impression or a click (nearly every event): its one id, with the touchpoint."""
+    def admit_touch(self, touch: Touch, seq: int, retention: Retention, flood: ClickFlood | None = None) -> Admission:
+        """`admit` for an impression or a click (nearly every event): its one id, with the touchpoint. A click
+        beyond `flood` (CLICK_FLOOD) is remembered by its id alone: SUSPECT, no touchpoint."""
         h = id_hash("e:" + touch.event_id)
         earlier = self.ids.get(h)
         if earlier is None:
             seen = self.touch_seen(h)
             if seen is not None and seen[1] >= self.last_ts - retention.dedup_ms:
                 earlier = seen
+        elif earlier[0] == seq and touch.kind == "c":
+            # A click's id is kept apart from a touchpoint when it was suspect (or, rarely, when the cap of a hot
+            # journey pushed its touchpoint out in the very batch that absorbed it: then it counts as suspect).
+            return Admission.SUSPECT_REPLAY
         if earlier is not None:
             return Admission.REPLAY if earlier[0] == seq else Admission.DUPLICATE
         ts = touch.ts
+        if flood is not None and touch.kind == "c" and self.flooded(ts, flood):
+            self.remember(h, seq, ts + retention.event_id_ms)
+            self.last_ts = max(self.last_ts, ts)
+            return Admission.SUSPECT
         if touch.kind == "c":
             kind, until_ms = CLICK, ts + retention.click_ms
         else:
@@ -347,6 +360,22 @@ class Journey:
         if ts > self.last_ts:
             self.last_ts = ts
         return Admission.NEW
+
+    def flooded(self, ts: int, flood: ClickFlood) -> bool:
+        """Would a click at `ts` be one beyond `flood.clicks` in some span of `flood.span_ms` that holds it?
+        Counted over the clicks kept as touchpoints, in whatever order they arrived."""
+        if self.touch_count() < flood.clicks:
+            return False  # fewer touchpoints of any kind than the limit: nearly every visitor
+        span = flood.span_ms
+        records = self._touches if self._touches is not None else NARROW_ROW.touch.iter_unpack(self._touch_blob)
+        times = sorted(r[0] for r in records if r[3] == CLICK and ts - span < r[0] < ts + span)
+        if len(times) < flood.clicks:
+            return False
+        # The spans [start, start + span) that hold ts start in (ts - span, ts]; the count in one changes only where
+        # a click leaves at its left edge (start = t + 1: checked at start = t) or enters at its right (t - span + 1).
+        starts = {ts - span + 1, *(t for t in times if t <= ts), *(t - span + 1 for t in times if t > ts)}
+        return any(bisect.bisect_left(times, start + span) - bisect.bisect_left(times, start) >= flood.clicks
+                   for start in starts if ts - span < start <= ts)
 
     def touch_seen(self, h: int) -> tuple[int, int] | None:
         """(seq, ts) of the touchpoint with this id hash, if there is one."""

@@ -16,6 +16,7 @@ class Figures(NamedTuple):
     revenue: float = 0.0
     spend: float = 0.0
     gross_profit: float = 0.0
+    suspect_clicks: int = 0  # clicks beyond CLICK_FLOOD: not in `clicks`, no touchpoints
 
     def __add__(self, other: object) -> Figures:  # type: ignore[override]
         if not isinstance(other, Figures):
@@ -107,5 +108,6 @@ def metrics_message(
         "revenue": f.revenue,
         "spend": f.spend,
         "gross_profit": f.gross_profit,
+        "suspect_clicks": int(f.suspect_clicks),
         **{name: kpi(f) for name, kpi in KPIS.items()},
     }

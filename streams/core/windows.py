@@ -18,7 +18,8 @@ from typing import Any
 from streams.core.kpis import Figures
 
 FIGURE_COUNT = len(Figures._fields)
-IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT = range(FIGURE_COUNT)
+IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT, SUSPECT_CLICKS = range(FIGURE_COUNT)
+WHOLE_COUNTS = frozenset((IMPRESSIONS, CLICKS, SUSPECT_CLICKS))  # events, not credit: published as integers
 
 
 def window_start(ts: int, window_ms: int) -> int:
@@ -41,7 +42,12 @@ class Partial:
 
     @classmethod
     def from_row(cls, row: list[Any] | None) -> Partial:
-        return cls(*row) if row else cls()
+        if not row:
+            return cls()
+        for figures in row[2].values():
+            if len(figures) < FIGURE_COUNT:  # written before a figure was added: it was 0 then
+                figures.extend([0.0] * (FIGURE_COUNT - len(figures)))
+        return cls(*row)
 
     def add(self, campaign: str, index: int, amount: float) -> None:
         figures = self.campaigns.get(campaign)
@@ -98,4 +104,4 @@ def channel_figures(campaigns: dict[str, Figures]) -> Figures:
 
 
 def _figures(values: list[float]) -> Figures:
-    return Figures(int(round(values[IMPRESSIONS])), int(round(values[CLICKS])), *values[LEADS:])
+    return Figures(*(int(round(value)) if i in WHOLE_COUNTS else value for i, value in enumerate(values)))

@@ -112,6 +112,10 @@ class WorkerMetrics:
         self.commissions = Counter(
             "attribution_commission_total", "Commissions owed", ("affiliate_id", "role"), registry=registry
         )
+        self.suspect = Counter(
+            "attribution_suspect_total", "Clicks kept from credit by a fraud guard (CLICK_FLOOD, MIN_CLICK_GAP)",
+            ("channel", "reason"), registry=registry,
+        )
         self.events = Counter(
             "attribution_events_total", "Input events by type and outcome", ("type", "outcome"), registry=registry
         )

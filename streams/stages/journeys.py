@@ -16,7 +16,16 @@ from typing import Any
 import orjson
 
 from streams.config import MODELS
-from streams.core.attribution import DIRECT, NONE_CAMPAIGN, Affiliate, Lookback, commissions, credits, journey_for
+from streams.core.attribution import (
+    DIRECT,
+    NONE_CAMPAIGN,
+    Affiliate,
+    Lookback,
+    commissions,
+    credits,
+    journey_for,
+    too_close_clicks,
+)
 from streams.core.events import Lead, Order, Spend, Touch, from_row
 from streams.core.journeys import (
     ANONYMOUS_KEY_PREFIX,
@@ -38,6 +47,7 @@ from streams.core.windows import (
     ORDERS,
     REVENUE,
     SPEND,
+    SUSPECT_CLICKS,
     Partial,
     is_closed,
     parse_partial_key,
@@ -73,7 +83,7 @@ class AbsorbedBatch:
     """What one batch of journey events gathers before it is written: the journeys and partials it changed
     and its Prometheus counts summed per label set (a counter call per event was a tenth of the stage)."""
 
-    __slots__ = ("now_ms", "ceiling", "journeys", "partials", "slots", "outcomes", "touches", "spend")
+    __slots__ = ("now_ms", "ceiling", "journeys", "partials", "slots", "outcomes", "touches", "spend", "flooded")
 
     def __init__(self, now_ms: float) -> None:
         self.now_ms = now_ms
@@ -84,6 +94,7 @@ class AbsorbedBatch:
         self.outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)  # (kind, outcome) -> events
         self.touches: dict[tuple[str, str, str], list[Any]] = {}  # (kind, channel, campaign) -> [events, cost]
         self.spend: defaultdict[tuple[str, str], float] = defaultdict(float)  # (channel, campaign) -> amount
+        self.flooded: dict[tuple[str, str], list[Any]] = {}  # (channel, campaign) -> [suspect clicks, cost]
 
 
 class JourneyStage:
@@ -92,7 +103,8 @@ class JourneyStage:
     def __init__(self, w: Wiring) -> None:
         self.w = w
         s = w.settings
-        self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms)
+        self.lookback = Lookback(s.click_lookback_ms, s.view_lookback_ms, s.min_click_gap_ms)
+        self.flood = s.click_flood
         self.retention = Retention.of(s)
         self.window_ms = s.metrics_window_ms
         self.closes_after_ms = s.metrics_window_ms + s.allowed_lateness_ms  # a window takes events until then
@@ -140,6 +152,9 @@ class JourneyStage:
             m.count(self.counts, m.spend, channel, campaign, cost)
         for (channel, campaign), amount in absorbed.spend.items():
             m.count(self.counts, m.spend, channel, campaign, amount)
+        for (channel, campaign), (n, cost) in absorbed.flooded.items():
+            self.counts.add(m.suspect.labels(channel, "flood"), n)
+            m.count(self.counts, m.spend, channel, campaign, cost)
         self.publish_counts()
 
     def publish_counts(self) -> None:
@@ -161,17 +176,21 @@ class JourneyStage:
         journey = absorbed.journeys.get(key)
         if journey is None:
             journey = absorbed.journeys[key] = Journey.from_row(self.w.journeys.row(key))
-        admission = journey.admit(item, seq, self.retention)
+        admission = journey.admit(item, seq, self.retention, self.flood)
         if admission is Admission.DUPLICATE:
             absorbed.outcomes[kind, "duplicate"] += 1  # this one, or the later pending order it supersedes
             if kind == "o" and journey.supersede_pending_order(item, seq, self.retention):
                 self.grace.add(partition, key, seq, ts, time.monotonic())
             return
         if kind in TOUCHES:
-            if admission is Admission.NEW:
+            new = admission is Admission.NEW or admission is Admission.SUSPECT
+            if new:
                 absorbed.outcomes[kind, "ok"] += 1
                 self.lags.append(max(0.0, absorbed.now_ms - ts) / 1000)
-            self.count_touch(partition, seq, window, item, absorbed, admission is Admission.NEW)
+            if admission is Admission.SUSPECT or admission is Admission.SUSPECT_REPLAY:
+                self.count_suspect_click(partition, seq, window, item, absorbed, new)
+            else:
+                self.count_touch(partition, seq, window, item, absorbed, new)
         elif kind == "s":
             if admission is Admission.NEW:
                 absorbed.outcomes[kind, "ok"] += 1  # spend comes late by design: no lag
@@ -225,6 +244,19 @@ class JourneyStage:
             else:
                 tally[0] += 1
                 tally[1] += item.cost
+
+    def count_suspect_click(self, partition: int, seq: int, window: int, item: Touch, absorbed: AbsorbedBatch,
+                            new: bool) -> None:
+        """A click beyond CLICK_FLOOD: counted in `suspect_clicks`, not in `clicks`; its cost is still spend."""
+        partial = self.slot(absorbed, partition, window, item.channel)
+        if seq <= partial.touch_seq:
+            return  # absorbed before a restart
+        partial.touch_seq = seq
+        partial.add_touch(item.campaign, SUSPECT_CLICKS, item.cost)
+        if new:
+            tally = absorbed.flooded.setdefault((item.channel, item.campaign), [0, 0.0])
+            tally[0] += 1
+            tally[1] += item.cost
 
     def count_spend(self, partition: int, seq: int, window: int, item: Spend, absorbed: AbsorbedBatch,
                     new: bool) -> None:
@@ -395,7 +427,11 @@ class JourneyStage:
         affiliates: dict[str, Affiliate], new_customer: bool,
     ) -> tuple[dict[str, Any], list[tuple[str, str, str | None, float]]]:
         s = self.w.settings
-        path = journey_for(journey.touchpoints(), conversion.ts, self.lookback, promo, conversion.event_id)
+        touchpoints = journey.touchpoints()
+        path = journey_for(touchpoints, conversion.ts, self.lookback, promo, conversion.event_id)
+        if self.lookback.min_click_gap_ms:
+            for click in too_close_clicks(touchpoints, conversion.ts, self.lookback):
+                self.counts.add(self.w.metrics.suspect.labels(click.channel, "click_gap"))
         revenue = conversion.revenue if isinstance(conversion, Order) else 0.0
         by_model = {model: credits(model, path, conversion.ts, s.time_decay_half_life_ms) for model in MODELS}
         by_model["markov"] = markov.credits(self.w, path, conversion.ts)

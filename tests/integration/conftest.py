@@ -19,6 +19,7 @@ if str(_ROOT) not in sys.path:  # `tests.integration.services` without installin
 
 from streams.kafka.embedded_broker import EmbeddedBroker, EmbeddedBrokerError  # noqa: E402
 from tests.integration.services import (  # noqa: E402
+    BROWSER_USER_AGENT,
     KafkaBroker,
     RedisServer,
     ServiceError,
@@ -133,7 +134,8 @@ def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,800", "--hide-scrollbars", "--force-device-scale-factor=1"):
+                     "--window-size=1280,800", "--hide-scrollbars", "--force-device-scale-factor=1",
+                     f"--user-agent={BROWSER_USER_AGENT}"):  # a headless one says HeadlessChrome: a bot
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.commands.collector import GIF, MAX_BODY_BYTES, TID_COOKIE, build_app, start_producer
 from streams.config import Settings
 from streams.core.events import INPUT_TOPICS
-from tests.integration.services import Records, consume_all, create_topics, free_port
+from tests.integration.services import BROWSER_USER_AGENT, Records, consume_all, create_topics, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -60,8 +60,10 @@ async def server(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncItera
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A browser-like client with its own cookie jar (unsafe: the server is an IP address)."""
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+    """A browser-like client with its own cookie jar (unsafe: the server is an IP address) and a browser's
+    User-Agent (the collector drops requests from known bots)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     headers={"User-Agent": BROWSER_USER_AGENT}) as session:
         yield session
 
 
@@ -499,6 +501,34 @@ async def test_metrics_count_requests_events_and_produce_latency(kafka_bootstrap
     await read_until(kafka_bootstrap, "impressions", lambda e: e.get("tracking_id") == t, count=2)
     await read_until(kafka_bootstrap, "orders", lambda e: e.get("tracking_id") == t)
     await read_until(kafka_bootstrap, "clicks", lambda e: e.get("tracking_id") == t)
+
+
+@pytest.mark.parametrize("user_agent", [
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
+    "curl/8.5.0",
+])
+async def test_a_known_bot_gets_the_gif_and_nothing_is_produced_or_set(kafka_bootstrap, producer, http, user_agent):
+    t = tid()
+    app_server = await serve(build_app(settings_for(kafka_bootstrap), producer))
+    try:
+        url = app_server.make_url
+        params = {"e": "click", "tid": t, "ch": "display"}
+        async with http.get(url("/px"), params={"e": "click", "ch": "display"},  # no tid, no cookie
+                            headers={"User-Agent": user_agent}) as response:
+            assert response.status == 200 and await response.read() == GIF
+            assert "Set-Cookie" not in response.headers  # no tid for a bot
+        async with http.get(url("/px"), params=params, headers={"User-Agent": user_agent}) as response:
+            assert response.status == 200 and await response.read() == GIF
+        async with http.get(url("/metrics")) as response:
+            found = samples(await response.text())
+        assert found.get(("attribution_collector_bots_total", ())) == 2
+        assert found.get(("collector_events_produced_total", (("type", "click"),)), 0.0) == 0
+        # the same visitor's click through the batch API is the only one that reaches the topic
+        await only_sentinel_arrived(kafka_bootstrap, http, app_server, "clicks", click(t),
+                                    lambda e: e.get("tracking_id") == t)
+    finally:
+        await app_server.close()
 
 
 # --- the command and the embedded broker -----------------------------------------------------------

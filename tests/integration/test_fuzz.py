@@ -45,7 +45,7 @@ from tests.integration.reliability_support import (
     outcomes,
     poll,
 )
-from tests.integration.services import KafkaBroker, WorkerProcess, consume_all, produce
+from tests.integration.services import BROWSER_USER_AGENT, KafkaBroker, WorkerProcess, consume_all, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -369,7 +369,7 @@ async def test_the_collector_never_answers_5xx_and_every_rejection_says_why() ->
                 assert produced == [], "a refused request produced events"
         for params in pixels:
             before = len(producer.sent)
-            response = await client.get("/px", params=params)
+            response = await client.get("/px", params=params, headers={"User-Agent": BROWSER_USER_AGENT})
             statuses[f"px {response.status}"] += 1
             assert response.status < 500, (response.status, params, await response.text())
             if response.status == 200:

@@ -51,7 +51,7 @@ from streams.config import Settings
 from streams.kafka.embedded_broker import _pdeathsig_hook
 from streams.kafka.topics import AFFILIATES_TOPIC, PUBLIC_TOPICS, ensure_topics, partition_counts
 from streams.stages.topology import CHANGELOG_TOPICS, INTERNAL_TOPICS
-from tests.integration.services import KafkaBroker, WorkerProcess, free_port, produce
+from tests.integration.services import BROWSER_USER_AGENT, KafkaBroker, WorkerProcess, free_port, produce
 from tests.ops.promql import PROMETHEUS_DIR, Expression, all_expressions, rule_expressions
 
 pytestmark = pytest.mark.integration
@@ -368,7 +368,8 @@ def send_wave(bootstrap: str, collector: WorkerProcess, wave: Wave) -> None:
     assert answer == {"accepted": len(wave.batch), "rejected": []}, answer
     for params in wave.pixel:
         url = f"http://127.0.0.1:{collector.web_port}/px?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+        pixel = urllib.request.Request(url, headers={"User-Agent": BROWSER_USER_AGENT})  # noqa: S310 - local test URL
+        with urllib.request.urlopen(pixel, timeout=10) as response:  # noqa: S310
             assert response.status == 200
     for topic, value in wave.malformed:
         asyncio.run(produce(bootstrap, topic, [value]))

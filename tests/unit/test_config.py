@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from streams.commands import cli
-from streams.config import METRIC_MODELS, ConfigError, Settings, parse_duration_ms, parse_fx_rates
+from streams.config import METRIC_MODELS, ClickFlood, ConfigError, Settings, parse_duration_ms, parse_fx_rates
 
 DAY = 86_400_000
 
@@ -44,6 +44,8 @@ def test_every_contract_variable_has_its_documented_default() -> None:
     assert dict(s.fx_rates) == {"USD": 1.0}  # empty: only the reporting currency itself
     assert s.path_timeout_ms == 1 * DAY
     assert s.markov_window_ms == 30 * DAY
+    assert s.min_click_gap_ms == 10_000
+    assert s.click_flood == ClickFlood(30, 3_600_000)
 
 
 def test_from_env_without_a_mapping_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,6 +106,13 @@ def test_a_duration_without_a_known_unit_is_rejected(text: str) -> None:
         ("PATH_TIMEOUT", "path_timeout_ms", "30m", 1_800_000),
         ("MARKOV_WINDOW", "markov_window_ms", "7d", 7 * DAY),
         ("ATTRIBUTION_MODEL", "attribution_model", "markov", "markov"),
+        ("MIN_CLICK_GAP", "min_click_gap_ms", "30s", 30_000),
+        ("MIN_CLICK_GAP", "min_click_gap_ms", "0", 0),
+        ("MIN_CLICK_GAP", "min_click_gap_ms", "off", 0),
+        ("CLICK_FLOOD", "click_flood", "100/1d", ClickFlood(100, DAY)),
+        ("CLICK_FLOOD", "click_flood", " 5 / 90s ", ClickFlood(5, 90_000)),
+        ("CLICK_FLOOD", "click_flood", "0", None),
+        ("CLICK_FLOOD", "click_flood", "off", None),
     ],
 )
 def test_every_contract_variable_is_read(variable: str, field: str, text: str, value: object) -> None:
@@ -170,6 +179,13 @@ def test_fx_rates_tolerate_spaces_and_a_trailing_comma() -> None:
         ("FX_RATES", "EUR=-1.08"),
         ("FX_RATES", "EUR=inf"),
         ("FX_RATES", "EURO=1.08"),
+        ("MIN_CLICK_GAP", "10"),
+        ("MIN_CLICK_GAP", "-1s"),
+        ("CLICK_FLOOD", "30"),
+        ("CLICK_FLOOD", "30/"),
+        ("CLICK_FLOOD", "0/1h"),
+        ("CLICK_FLOOD", "30/0s"),
+        ("CLICK_FLOOD", "many/1h"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable_and_the_value(variable: str, text: str) -> None:

@@ -21,6 +21,7 @@ from streams.core.attribution import (
     commissions,
     credits,
     journey_for,
+    too_close_clicks,
     weights,
 )
 
@@ -379,3 +380,39 @@ def test_commissions_pay_at_most_one_converter_and_each_registered_affiliate_at_
         affiliate = REGISTERED[c.affiliate_id]
         expected = affiliate.commission_rate * revenue if c.role == "converter" else affiliate.assist_fee
         assert c.amount == pytest.approx(expected)
+
+
+# --- MIN_CLICK_GAP (CONTRACT.md section 9) ---
+GAPPED = Lookback(click_ms=30 * DAY, view_ms=1 * DAY, min_click_gap_ms=10 * SECOND)
+
+
+def test_a_click_closer_than_min_click_gap_is_no_touchpoint_of_the_conversion() -> None:
+    touches = [click(CONVERSION - HOUR, "search"), click(CONVERSION - 10 * SECOND + 1, "coupons")]
+    assert [t.channel for t in journey_for(touches, CONVERSION, GAPPED)] == ["search"]
+    assert too_close_clicks(touches, CONVERSION, GAPPED) == touches[1:]
+
+
+def test_a_click_exactly_min_click_gap_before_is_a_touchpoint_and_an_impression_is_never_too_close() -> None:
+    touches = [click(CONVERSION - 10 * SECOND, "coupons"), impression(CONVERSION, "facebook")]
+    assert [t.channel for t in journey_for(touches, CONVERSION, GAPPED)] == ["coupons", "facebook"]
+    assert too_close_clicks(touches, CONVERSION, GAPPED) == []
+
+
+def test_a_promo_codes_click_at_the_conversion_is_not_held_to_min_click_gap() -> None:
+    path = journey_for([], CONVERSION, GAPPED, ANNA, "order-1")
+    assert [(t.kind, t.channel) for t in path] == [("p", "influencer")]
+
+
+def test_a_click_after_the_conversion_is_neither_a_touchpoint_nor_too_close() -> None:
+    late = [click(CONVERSION + 1, "search")]
+    assert journey_for(late, CONVERSION, GAPPED) == [] and too_close_clicks(late, CONVERSION, GAPPED) == []
+
+
+@given(st.lists(st.integers(min_value=0, max_value=60 * SECOND), max_size=12), st.integers(0, 30 * SECOND))
+@SETTLE
+def test_every_click_in_the_lookback_is_either_a_touchpoint_or_too_close(ages: list[int], gap: int) -> None:
+    lookback = Lookback(click_ms=30 * DAY, view_ms=DAY, min_click_gap_ms=gap)
+    touches = [click(CONVERSION - age, event_id=f"c{i}") for i, age in enumerate(ages)]
+    kept, close = journey_for(touches, CONVERSION, lookback), too_close_clicks(touches, CONVERSION, lookback)
+    assert sorted(t.event_id for t in kept + close) == sorted(t.event_id for t in touches)
+    assert all(CONVERSION - t.ts < gap for t in close) and all(CONVERSION - t.ts >= gap for t in kept)

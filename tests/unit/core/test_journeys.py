@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import Settings
+from streams.config import ClickFlood, Settings
 from streams.core.attribution import Touchpoint
 from streams.core.events import Lead, Order, Touch
 from streams.core.journeys import (
@@ -31,7 +31,7 @@ from streams.core.journeys import (
     spend_key,
 )
 
-HOUR, DAY = 3_600_000, 86_400_000
+MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1763800000000
 LOOKBACK = 30 * DAY
 DEDUP = 7 * DAY
@@ -512,3 +512,51 @@ def test_a_journey_with_a_pending_conversion_never_expires() -> None:
     admit(journey, order(), seq_of(1, 0))
     journey.add_pending(seq_of(1, 0), order())
     assert not journey.is_expired(T0 + 1000 * DAY)
+
+
+# --- CLICK_FLOOD (CONTRACT.md section 9) ---
+FLOOD = ClickFlood(3, HOUR)
+
+
+def test_clicks_beyond_the_flood_limit_in_an_hour_are_suspect_and_kept_by_id_only() -> None:
+    journey = Journey()
+    outcomes = [journey.admit(click(f"c{i}", T0 + i * MINUTE), i + 1, RETENTION, FLOOD) for i in range(5)]
+    assert outcomes == [Admission.NEW] * 3 + [Admission.SUSPECT] * 2
+    assert journey.touch_count() == 3
+    assert journey.admit(click("c4", T0 + 4 * MINUTE), 5, RETENTION, FLOOD) is Admission.SUSPECT_REPLAY
+    assert journey.admit(click("c4", T0 + 4 * MINUTE), 99, RETENTION, FLOOD) is Admission.DUPLICATE
+
+
+def test_a_click_an_hour_after_the_first_of_the_limit_is_no_longer_suspect() -> None:
+    journey = Journey()
+    for i in range(3):
+        assert journey.admit(click(f"c{i}", T0 + i * MINUTE), i + 1, RETENTION, FLOOD) is Admission.NEW
+    assert journey.admit(click("late", T0 + HOUR - 1), 4, RETENTION, FLOOD) is Admission.SUSPECT
+    assert journey.admit(click("next", T0 + HOUR), 5, RETENTION, FLOOD) is Admission.NEW  # c0 left the span
+
+
+def test_an_earlier_click_arriving_late_is_suspect_when_any_hour_holding_it_is_full() -> None:
+    journey = Journey()
+    for i, minute in enumerate((30, 40, 50)):
+        assert journey.admit(click(f"c{i}", T0 + minute * MINUTE), i + 1, RETENTION, FLOOD) is Admission.NEW
+    # [T0, T0 + 1h) would hold it and the three later ones: four clicks
+    assert journey.admit(click("early", T0), 4, RETENTION, FLOOD) is Admission.SUSPECT
+    # no hour holds both a click at T0 - 31m and one at T0 + 30m
+    assert journey.admit(click("earlier", T0 - 31 * MINUTE), 5, RETENTION, FLOOD) is Admission.NEW
+
+
+def test_impressions_are_never_suspect_and_no_flood_rule_means_none_are() -> None:
+    journey = Journey()
+    assert {journey.admit(impression(f"i{i}", T0 + i), i + 1, RETENTION, FLOOD) for i in range(10)} == {Admission.NEW}
+    other = Journey()
+    assert {other.admit(click(f"c{i}", T0 + i), i + 1, RETENTION, None) for i in range(10)} == {Admission.NEW}
+
+
+@given(st.lists(st.integers(min_value=0, max_value=3 * HOUR), min_size=1, max_size=25))
+@settings(max_examples=150, deadline=None)
+def test_no_hour_ever_holds_more_kept_clicks_than_the_limit(times: list[int]) -> None:
+    journey = Journey()
+    for i, offset in enumerate(times):
+        journey.admit(click(f"c{i}", T0 + offset), i + 1, RETENTION, FLOOD)
+    kept = sorted(t[0] for t in journey.touches)
+    assert all(sum(start <= t < start + HOUR for t in kept) <= FLOOD.clicks for start in kept)

@@ -17,6 +17,7 @@ from streams.core.windows import (
     ORDERS,
     REVENUE,
     SPEND,
+    SUSPECT_CLICKS,
     ChannelWindow,
     Partial,
     channel_figures,
@@ -196,3 +197,15 @@ def test_the_sum_is_that_of_the_latest_snapshot_of_each_source_however_often_sou
         assert totals[campaign].clicks == sum(p[1] for p in parts)
         assert totals[campaign].leads == pytest.approx(sum(p[2] for p in parts))
         assert totals[campaign].revenue == pytest.approx(sum(p[3] for p in parts))
+
+
+def test_a_partial_written_before_suspect_clicks_existed_reads_as_zero_of_them() -> None:
+    earlier = [3, 4, {"brand": [10.0, 2.0, 0.0, 1.0, 0.0, 50.0, 5.0, 40.0]}]  # eight figures, as before section 9
+    partial = Partial.from_row(orjson.loads(orjson.dumps(earlier)))
+    partial.add("brand", SUSPECT_CLICKS, 1)
+    assert partial.campaigns["brand"] == [10.0, 2.0, 0.0, 1.0, 0.0, 50.0, 5.0, 40.0, 1.0]
+
+
+def test_suspect_clicks_sum_as_a_whole_count() -> None:
+    window = ChannelWindow({"0": {"brand": [0.0] * 8 + [2.0]}, "1": {"brand": [0.0] * 8 + [3.0]}})
+    assert window.campaign_figures()["brand"].suspect_clicks == 5

@@ -81,7 +81,7 @@ def test_a_conversion_carries_models_markov_and_markov_can_drive_the_credits(mod
     w = wiring(tmp_path, {"search": 0.6, "email": 0.2}, attribution_model=model)
     stage = JourneyStage(w)  # type: ignore[arg-type]
     journey = journey_of(touch("t1", T0, "email"), touch("t2", T0 + 1, "search"), touch("t3", T0 + 2, "search"))
-    order = Order("o", "e-1", T0 + 10, "tid-1", "order-1", 100.0, None, None, None)
+    order = Order("o", "e-1", T0 + 60_000, "tid-1", "order-1", 100.0, None, None, None)  # past MIN_CLICK_GAP
     message, credited = stage.attribute(journey, order, None, {}, False)
     markov = {c["channel"]: c["weight"] for c in message["models"]["markov"]}
     assert markov == pytest.approx({"email": 0.25, "search": 0.75})  # RE 0.2 and 0.6 over the path's channels
