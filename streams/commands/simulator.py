@@ -55,11 +55,11 @@ from streams.core.events import INPUT_TOPICS
 BATCH = 50  # events per Kafka message (one JSON array) per topic
 SPEND_INTERVAL_MS = 5_000  # a spend row per channel/campaign every this much event time
 
-Kind = Literal["event", "duplicate", "malformed"]
+Kind = Literal["event", "duplicate", "malformed", "flood"]  # flood: a bot's click beyond any real visitor's
 
 
 class SimEvent(NamedTuple):
-    """One generated message element: its topic, its JSON value, and whether it is a repeat or malformed."""
+    """One generated message element: its topic, its JSON value, and whether it is a repeat, malformed or a bot's."""
 
     topic: str
     body: Any
@@ -157,6 +157,10 @@ REPEAT_DELAY_MEAN_S = 40.0  # returning customers come back after ~40 s in the d
 REPEAT_DELAY_RANGE = (8.0, 180.0)
 DUPLICATE_RATE = 0.01
 MALFORMED_RATE = 0.005
+# Now and then a bot floods the affiliate channel with clicks from one tracking ID (CLICK_FLOOD's prey)
+FLOOD_RATE = 1 / 3_000  # per new visitor
+FLOOD_CLICKS = (60, 150)
+FLOOD_GAP = (0.1, 1.0)
 ASSIST_RATE = 0.25  # journeys that start with an impression of another channel
 POACH_RATE = 0.30  # affiliate journeys whose visitor clicked a Google ad first
 GUEST_RATE = 0.15  # orders without a customer account (no customer_id)
@@ -180,6 +184,7 @@ class Campaign:
         spend_interval_ms: int = SPEND_INTERVAL_MS,
         duplicate_rate: float = DUPLICATE_RATE,
         malformed_rate: float = MALFORMED_RATE,
+        flood_rate: float = FLOOD_RATE,
     ) -> None:
         chosen = list(channels) if channels else list(CHANNELS)
         unknown = [c for c in chosen if c not in CHANNELS]
@@ -204,6 +209,8 @@ class Campaign:
         self._affiliate_ids = list(AFFILIATE_WEIGHTS)
         self._affiliate_weights = _cumulative(list(AFFILIATE_WEIGHTS.values()))
         self._malformers = _MALFORMERS
+        self._flood_rate = flood_rate
+        self._flood_rng = random.Random(seed * 7919 + 1)  # its own: the floods leave the visitors' draws as they were
 
     # --- the public surface -------------------------------------------------------------------------
 
@@ -221,6 +228,8 @@ class Campaign:
             self._out(out, topic, body, kind, key, cost, now_ms)
         while len(out) < n:
             self._new_visitor(now_ms, out)
+            if self._flood_rng.random() < self._flood_rate:
+                self._click_flood(now_ms, out)
         return out
 
     def pending(self) -> int:
@@ -273,6 +282,27 @@ class Campaign:
         if channel != "influencer" or affiliate_id is not None:
             t = self._click(t, now_ms, tid, profile, campaign, affiliate_id, out)
         self._conversions(t, now_ms, tid, channel, campaign, promo, out)
+
+    def _click_flood(self, now_ms: int, out: list[SimEvent]) -> None:
+        """Click flooding, the classic affiliate fraud: a bot fires an affiliate's tracking link from one tracking ID
+        again and again, seconds apart, to be the last click before any order of that visitor. The clicks cost
+        nothing; the commissions they would steal do."""
+        if "affiliate" not in self.profiles:
+            return
+        rng = self._flood_rng
+        profile = self.profiles["affiliate"]
+        campaign = profile.campaigns[rng.randrange(len(profile.campaigns))]
+        affiliate_id = self._affiliate_ids[rng.randrange(len(self._affiliate_ids))]
+        tid = self._id("bot")
+        t = now_ms
+        for _ in range(rng.randint(*FLOOD_CLICKS)):
+            body = {"event_id": self._id("e"), "type": "click", "ts": t, "tracking_id": tid,
+                    "channel": profile.name, "campaign": campaign.name, "affiliate_id": affiliate_id}
+            if t <= now_ms:
+                out.append(SimEvent("clicks", body, "flood"))
+            else:
+                self._push(t, "clicks", body, "flood", None, 0.0)
+            t += _ms(rng, FLOOD_GAP)
 
     def _conversions(
         self, t: int, now_ms: int, tid: str, channel: str, campaign: CampaignProfile, promo: str | None,

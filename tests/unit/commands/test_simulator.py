@@ -288,3 +288,19 @@ def test_duration_parsing(text: str, seconds: float) -> None:
 def test_a_bad_duration_names_the_problem() -> None:
     with pytest.raises(ValueError, match="unit"):
         parse_duration_s("ten minutes")
+
+
+def clicks_per_tracking_id(campaign: Campaign) -> Counter:
+    return Counter(e.body["tracking_id"] for _, e in drive(campaign, 60, 500) if e.topic == "clicks"
+                   and e.kind in ("event", "flood"))
+
+
+def test_now_and_then_a_bot_floods_the_affiliate_channel_with_clicks_from_one_tracking_id() -> None:
+    campaign = Campaign(seed=4, start_ms=START, flood_rate=0.01)
+    bots = {tid: n for tid, n in clicks_per_tracking_id(campaign).items() if n > 30}  # past CLICK_FLOOD's 30 an hour
+    assert bots and all(tid.startswith("bot") and n <= 150 for tid, n in bots.items())
+    assert {e.body["tracking_id"][:3] for e in events_of("flood")} == {"bot"}  # the default rate floods too
+
+
+def test_without_floods_no_tracking_id_clicks_more_than_a_few_times() -> None:
+    assert max(clicks_per_tracking_id(Campaign(seed=4, start_ms=START, flood_rate=0.0)).values()) < 10
