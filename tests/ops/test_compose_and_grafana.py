@@ -38,6 +38,8 @@ CONTRACT_METRICS = {
     "attribution_event_lag_seconds",  # histogram
     "attribution_gross_profit_total",
     "attribution_signal",
+    "attribution_suspect_total",  # {channel,reason}: section 9's fraud guards
+    "attribution_collector_bots_total",  # the collector's bot filter
 }
 # Named by the ops issue, to be added to the contract: what the dashboards need beyond it.
 OPS_METRICS = {
@@ -342,6 +344,7 @@ def test_channel_performance_shows_every_kpi() -> None:
         "ROI",
         "ROMI",
         "Spend vs revenue",
+        "Suspect clicks",
     )
     for kpi in kpis:
         assert kpi in titles, f"no panel for {kpi}"

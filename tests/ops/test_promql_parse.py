@@ -230,8 +230,13 @@ def _synthetic_metrics(end: float) -> str:
             if campaign:
                 labels["campaign"] = campaign
             add("attribution_signal", labels, lambda _, on=action == current: int(on))
+    for channel, reason, per_s in (("affiliate", "flood", 0.5), ("affiliate", "click_gap", 0.02),
+                                   ("google_ads", "click_gap", 0.01)):
+        labels = {"instance": WORKERS[0], "job": "attribution-worker", "channel": channel, "reason": reason}
+        add("attribution_suspect_total", labels, lambda s, r=per_s: r * s)
     collector = {"instance": "collector:8080", "job": "attribution-collector"}
     add("up", collector, lambda _: 1)
+    add("attribution_collector_bots_total", collector, lambda s: 0.3 * s)
     for event_type, per_s in (("impression", 50.0), ("click", 2.0), ("lead", 0.2), ("order", 0.05)):
         add("collector_events_produced_total", {**collector, "type": event_type}, lambda s, r=per_s: r * s)
     for route, status, per_s in (("/px", "200", 50.0), ("/v1/events", "202", 0.1), ("/v1/events", "401", 0.01)):
