@@ -75,16 +75,37 @@ def parse_partial_key(key: str) -> tuple[int, int, str]:
 
 @dataclass
 class ChannelWindow:
-    """Stage two: the latest snapshot per source partition of one channel in one window."""
+    """Stage two: the latest snapshot per source partition of one channel in one window, with the partial's
+    sequence marks (touchpoints, conversions) it was taken at.
+
+    A partial's marks only grow, so a snapshot with a mark below the one held is older than it: a worker paused past
+    its session (a zombie) that wakes and sends what it had, or a restarted one before its replay caught up. It is
+    ignored (`offer`), so figures never go back. Snapshots without marks (written before they had them) are taken.
+    """
 
     sources: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    marks: dict[str, list[int]] = field(default_factory=dict)  # source partition -> [touch_seq, conversion_seq]
 
-    def to_row(self) -> dict[str, Any]:
-        return self.sources
+    def to_row(self) -> list[Any]:
+        return [self.sources, self.marks]
 
     @classmethod
-    def from_row(cls, row: dict[str, Any] | None) -> ChannelWindow:
-        return cls(row or {})
+    def from_row(cls, row: list[Any] | dict[str, Any] | None) -> ChannelWindow:
+        if isinstance(row, list):
+            return cls(row[0], row[1])
+        return cls(row or {})  # the form before marks: the sources alone
+
+    def offer(self, source: str, marks: list[int] | None, campaigns: dict[str, list[float]]) -> bool:
+        """Hold this snapshot of `source` unless it is older than the one held; False when ignored."""
+        held = self.marks.get(source)
+        if marks is not None and held is not None and (marks[0] < held[0] or marks[1] < held[1]):
+            return False
+        self.sources[source] = campaigns
+        if marks is None:
+            self.marks.pop(source, None)
+        else:
+            self.marks[source] = marks
+        return True
 
     def campaign_figures(self) -> dict[str, Figures]:
         totals: dict[str, list[float]] = {}

@@ -119,6 +119,10 @@ class WorkerMetrics:
         self.events = Counter(
             "attribution_events_total", "Input events by type and outcome", ("type", "outcome"), registry=registry
         )
+        self.stale_snapshots = Counter(
+            "attribution_stale_snapshots", "Partial snapshots older than the one held (a zombie's, say): ignored",
+            registry=registry,
+        )
         self.lag = BatchHistogram("attribution_event_lag_seconds", "Event time to processed", LAG_BUCKETS, registry)
         self.consumer_lag = Gauge(
             "attribution_consumer_lag", "Input messages not read yet, per owned partition", ("topic", "partition"),

@@ -535,7 +535,7 @@ class JourneyStage:
             if row is None:
                 continue
             partition, window, channel = parse_partial_key(key)
-            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "f": row[2]}
+            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "m": row[:2], "f": row[2]}
             by_partition.setdefault(self.w.partition_of(channel), []).append(orjson.dumps(snapshot))
         for partition, snapshots in by_partition.items():
             for value in json_arrays(snapshots, SNAPSHOT_MESSAGE_BYTES):

@@ -48,7 +48,8 @@ class MetricsStage:
                 window = windows.get(key)
                 if window is None:
                     window = windows[key] = ChannelWindow.from_row(self.w.channel_windows.get(key))
-                window.sources[str(snapshot["p"])] = snapshot["f"]
+                if not window.offer(str(snapshot["p"]), snapshot.get("m"), snapshot["f"]):
+                    self.w.metrics.stale_snapshots.inc()
         self.w.channel_windows.put_rows({key: window.to_row() for key, window in windows.items()})
         self.dirty.update(windows)
 

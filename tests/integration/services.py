@@ -407,6 +407,14 @@ class WorkerProcess:
         self.process.wait()
         return self.process.returncode
 
+    def pause(self) -> None:
+        """SIGSTOP to the process group: the worker stops dead, as in a long GC pause or a frozen VM."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused worker wakes up with its state as it was."""
+        self._signal_group(signal.SIGCONT)
+
     def log_text(self) -> str:
         return _read(self.log_path)
 

@@ -171,6 +171,49 @@ async def test_a_killed_intake_process_s_inputs_are_taken_over_and_totals_stay_e
     assert worker.alive and intakes[0].alive
 
 
+async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_nothing_stale(
+    broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A zombie: one of two workers is stopped (SIGSTOP) past its session timeout, the other takes its
+    partitions over and finishes the whole run; then the zombie wakes up with its old state in memory.
+    Whatever it sends before it learns that its partitions moved must not overwrite the new owner's
+    figures: they stay exact after it woke and took partitions back (the metrics stage ignores a partial's
+    snapshot whose sequence marks are below the ones it holds)."""
+    env = worker_env(redis_url)
+    workers = [make_worker(bootstrap=broker.bootstrap, env=env, name=f"zombie-{i}") for i in (1, 2)]
+    for worker in workers:
+        await started(worker)
+
+    def split() -> bool:
+        owned = [set(state(w)["journey_partitions"]) for w in workers]
+        return all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == set(range(PARTITIONS))
+
+    assert await poll(split, timeout=60), "the two workers never shared the partitions"
+    survivor, zombie = workers
+    scenario = Scenario(seed=5, events=EVENTS)
+    first, rest = scenario.split_steps(0.4)
+    await produce_steps(broker.bootstrap, first)
+    await wait_processed(zombie, 1, timeout=60)
+    await asyncio.sleep(2.0)  # the zombie's partials and snapshots are out: it has figures to write again later
+    zombie.pause()
+    try:
+        async def took_over() -> bool:
+            owned = await asyncio.to_thread(lambda: state(survivor)["journey_partitions"])
+            return set(owned) == set(range(PARTITIONS))
+
+        assert await poll(took_over, timeout=60), "the survivor did not take over the zombie's partitions"
+        await produce_steps(broker.bootstrap, rest)
+        report: dict[str, object] = {"test": "zombie", "events": scenario.total_sent}
+        await assert_exact(broker, scenario, {**report, "phase": "before waking"}, survivor)
+    finally:
+        zombie.resume()
+    # It wakes, sends whatever it would, learns of the rebalance and rejoins: partitions come back to it and
+    # it restores them from their changelogs, then sends their partials again.
+    assert await poll(split, timeout=90), "the woken worker never got partitions back"
+    await assert_exact(broker, scenario, {**report, "phase": "after waking"}, survivor, zombie)
+    assert survivor.alive
+
+
 async def test_the_worker_resumes_after_the_broker_stops_and_restarts_mid_run(
     broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess]
 ) -> None:

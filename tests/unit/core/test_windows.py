@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -209,3 +211,49 @@ def test_a_partial_written_before_suspect_clicks_existed_reads_as_zero_of_them()
 def test_suspect_clicks_sum_as_a_whole_count() -> None:
     window = ChannelWindow({"0": {"brand": [0.0] * 8 + [2.0]}, "1": {"brand": [0.0] * 8 + [3.0]}})
     assert window.campaign_figures()["brand"].suspect_clicks == 5
+
+# --- stale snapshots: a partial's marks only grow ---
+
+
+def test_a_snapshot_with_a_mark_below_the_one_held_is_older_and_ignored() -> None:
+    window = ChannelWindow()
+    assert window.offer("0", [10, 5], {"brand": figures(clicks=4)})
+    assert window.offer("0", [12, 7], {"brand": figures(clicks=6)})  # newer: both marks grew
+    assert not window.offer("0", [10, 5], {"brand": figures(clicks=4)})  # a zombie's, sent after it woke
+    assert not window.offer("0", [13, 6], {"brand": figures(clicks=9)})  # ahead on touchpoints, behind on conversions
+    assert window.offer("0", [12, 7], {"brand": figures(clicks=6)})  # the same again: a redelivery
+    assert window.campaign_figures() == {"brand": Figures(clicks=6)} and window.marks == {"0": [12, 7]}
+
+
+def test_marks_are_per_source_and_a_snapshot_without_marks_is_taken() -> None:
+    window = ChannelWindow()
+    window.offer("0", [50, 50], {"brand": figures(clicks=5)})
+    assert window.offer("1", [1, -1], {"brand": figures(clicks=1)})  # another source's marks are its own
+    assert window.offer("0", None, {"brand": figures(clicks=2)})  # the form before marks
+    assert window.marks == {"1": [1, -1]}
+    assert window.campaign_figures() == {"brand": Figures(clicks=3)}
+
+
+def test_a_row_written_before_marks_reads_with_none_and_round_trips_with_them() -> None:
+    earlier = ChannelWindow.from_row({"0": {"brand": figures(clicks=3)}})
+    assert earlier.marks == {} and earlier.campaign_figures() == {"brand": Figures(clicks=3)}
+    earlier.offer("0", [4, 2], {"brand": figures(clicks=4)})
+    assert ChannelWindow.from_row(orjson.loads(orjson.dumps(earlier.to_row()))) == earlier
+
+
+@SETTLE
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=12), st.randoms())
+def test_whatever_order_snapshots_arrive_in_the_newest_one_is_held_at_the_end(
+    steps: list[tuple[int, int]], rng: Any
+) -> None:
+    history, marks = [], [0, 0]  # a partial's history: its marks grow, its clicks are a function of them
+    for dt, dc in steps:
+        marks = [marks[0] + dt, marks[1] + dc]
+        history.append(list(marks))
+    arrivals = history[:-1]
+    rng.shuffle(arrivals)
+    window = ChannelWindow()
+    for m in [*arrivals, history[-1], *rng.sample(arrivals, len(arrivals) // 2)]:  # stale ones also after the last
+        window.offer("0", m, {"brand": figures(clicks=m[0] * 10 + m[1])})
+    assert window.marks["0"] == history[-1]
+    assert window.campaign_figures()["brand"].clicks == history[-1][0] * 10 + history[-1][1]

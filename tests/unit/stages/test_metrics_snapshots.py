@@ -7,9 +7,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
+from streams.core.windows import ChannelWindow
 from streams.kafka.topics import json_arrays
+from streams.serving.prometheus import WorkerMetrics
 from streams.stages.metrics import MetricsStage
 from tests.fakes import FakeTable
 
@@ -40,15 +43,32 @@ def snapshot(partition: int, channel: str, impressions: float, window: int = T0)
     return {"p": partition, "w": window, "c": channel, "wm": T0, "f": {"brand": [impressions] + [0.0] * 7}}
 
 
+def wiring() -> Any:
+    registry = CollectorRegistry()
+    return SimpleNamespace(settings=Settings.from_env({}), channel_windows=FakeTable(), registry=registry,
+                           metrics=WorkerMetrics(registry, 10))
+
+
 def test_the_metrics_stage_reads_arrays_of_snapshots_and_single_snapshots_alike() -> None:
-    w = SimpleNamespace(settings=Settings.from_env({}), channel_windows=FakeTable())
+    w = wiring()
     stage = MetricsStage(w)  # type: ignore[arg-type]
     stage.absorb_batch([
         message([snapshot(0, "google_ads", 3.0), snapshot(1, "google_ads", 4.0), snapshot(0, "email", 1.0)]),
         message(snapshot(2, "google_ads", 5.0)),  # the form before arrays
         message([snapshot(0, "google_ads", 6.0)]),  # a later snapshot of partition 0 replaces its first
     ])
-    google = w.channel_windows.data[f"google_ads|{T0}"]
+    google = ChannelWindow.from_row(w.channel_windows.data[f"google_ads|{T0}"]).sources
     assert {source: figures["brand"][0] for source, figures in google.items()} == {"0": 6.0, "1": 4.0, "2": 5.0}
-    assert w.channel_windows.data[f"email|{T0}"] == {"0": {"brand": [1.0] + [0.0] * 7}}
+    assert ChannelWindow.from_row(w.channel_windows.data[f"email|{T0}"]).sources == {"0": {"brand": [1.0] + [0.0] * 7}}
     assert stage.dirty == {f"google_ads|{T0}", f"email|{T0}"}
+
+
+def test_a_zombies_snapshot_sent_after_a_newer_one_of_its_partition_changes_nothing_and_is_counted() -> None:
+    w = wiring()
+    stage = MetricsStage(w)  # type: ignore[arg-type]
+    newer = {**snapshot(0, "google_ads", 9.0), "m": [2048, 1030]}  # the new owner's, further on
+    stale = {**snapshot(0, "google_ads", 6.0), "m": [1024, 1030]}  # the paused worker's, delivered after it woke
+    stage.absorb_batch([message([newer]), message([stale])])
+    held = ChannelWindow.from_row(w.channel_windows.data[f"google_ads|{T0}"])
+    assert held.sources["0"]["brand"][0] == 9.0 and held.marks == {"0": [2048, 1030]}
+    assert w.registry.get_sample_value("attribution_stale_snapshots_total") == 1
