@@ -104,6 +104,7 @@ class Settings:
     event_loop: str = "uvloop"  # EVENT_LOOP=asyncio: the standard library's loop instead of uvloop
     markov_interval_ms: int = 10_000  # the Markov model is recomputed at most this often (when paths changed)
     markov_stage: bool = True  # MARKOV_STAGE=off: no paths, no chain (its cost measured in bench/)
+    erasure_delay_ms: int = 0  # ERASURE_DELAY: fault injection for tests: a part waits this long before erasing
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -156,6 +157,7 @@ class Settings:
             event_loop=reader.get("EVENT_LOOP", "uvloop", _event_loop),
             markov_interval_ms=reader.get("MARKOV_INTERVAL", "10s", _positive_duration),
             markov_stage=reader.get("MARKOV_STAGE", "on", _on_off),
+            erasure_delay_ms=reader.get("ERASURE_DELAY", "0ms", parse_duration_ms),
         )
 
 

@@ -26,6 +26,7 @@ on a kind it can be reached from (the customer's links name the order ids, say).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -197,6 +198,10 @@ class ErasureStage:
 
     async def part(self, rid: str, kind: str, identifier: str) -> None:
         """Erase one identifier here: find further parts and send them, then erase, then report."""
+        delay = self.w.settings.erasure_delay_ms
+        if delay:  # ERASURE_DELAY (tests): a kill -9 between the request read and its confirmation
+            log.warning("erasure %s: part %s waits %d ms (ERASURE_DELAY)", rid, part_id(kind, identifier), delay)
+            await asyncio.sleep(delay / 1000)
         found: list[tuple[str, str]] = []
         for _, find in self.w.erasers.find.get(kind, []):
             found += await find(identifier)
