@@ -318,7 +318,7 @@ class JourneyStage:
         if self.paths is not None:
             await self.w.markov_paths.send_changes()
         await self.send_customer_orders()
-        erasure = self.w.state.get("erasure")  # streams.stages.erasure.ErasureStage: the links it keeps
+        erasure = getattr(self.w, "state", {}).get("erasure")  # streams.stages.erasure.ErasureStage: the links it keeps
         if erasure is not None:
             await erasure.send_links()
         await self.w.claims.written()
@@ -375,7 +375,7 @@ class JourneyStage:
         journeys: dict[str, Journey] = {}
         partials: dict[str, Partial] = {}
         done: list[tuple[str, int]] = []
-        erasure = self.w.state.get("erasure")
+        erasure = getattr(self.w, "state", {}).get("erasure")
         for partition, key, seq, conversion in conversions:
             journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
             if journey.take_pending(seq) is None:
