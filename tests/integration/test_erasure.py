@@ -146,7 +146,18 @@ def confirmations(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
 
-async def play(bootstrap: str, redis_url: str, worker: WorkerProcess, kill: bool) -> None:
+def scan(workers: list[WorkerProcess], tracking_id: str, customer_id: str) -> dict[str, int]:
+    """Rows still holding the identifiers, per table, summed over the workers (each scans what it holds)."""
+    total: dict[str, int] = {}
+    for worker in workers:
+        for table, n in get_json(worker, f"/api/v1/erasure/check?tracking_id={tracking_id}"
+                                         f"&customer_id={customer_id}").items():
+            total[table] = total.get(table, 0) + n
+    return total
+
+
+async def play(bootstrap: str, redis_url: str, workers: list[WorkerProcess], kill: bool) -> None:
+    worker = workers[0]
     story = Story()
     await send(bootstrap, story.events)
     attributed = await consume_all(bootstrap, "attributions", timeout=WAIT_S, until=lambda rs: {
@@ -158,8 +169,8 @@ async def play(bootstrap: str, redis_url: str, worker: WorkerProcess, kill: bool
     before = await all_figures(bootstrap)
     assert before["metrics.ltv"] and before["metrics.channel"]["google_ads"]["orders"] == pytest.approx(2.0)
     assert sum(f["customers"] for f in before["metrics.ltv"].values()) == pytest.approx(2.0)
-    scan = get_json(worker, f"/api/v1/erasure/check?tracking_id={story.t1}&customer_id={story.c}")
-    assert scan["journeys"] >= 1 and scan["ltv-customers"] == 1 and scan["erasure-links"] >= 1, scan
+    held = scan(workers, story.t1, story.c)
+    assert held["journeys"] >= 1 and held["ltv-customers"] == 1 and held["erasure-links"] >= 1, held
 
     await produce(bootstrap, "erasure-requests", [orjson.dumps({"customer_id": story.c})])
     forget(bootstrap, story.t3)
@@ -181,10 +192,10 @@ async def play(bootstrap: str, redis_url: str, worker: WorkerProcess, kill: bool
                and "tracking_id must be a string" in orjson.loads(r.value)["error"] for r in dead)
 
     await asyncio.sleep(2)  # the last changelog records of the parts
-    for tid in (story.t1, story.t2, story.t3):  # every table of the worker, live (RocksDB: the databases)
-        scan = get_json(worker, f"/api/v1/erasure/check?tracking_id={tid}&customer_id={story.c}")
-        assert not any(scan.values()), (tid, scan)
-    kept = get_json(worker, f"/api/v1/erasure/check?tracking_id={story.tb}&customer_id={story.cb}")
+    for tid in (story.t1, story.t2, story.t3):  # every table of every worker, live (RocksDB: the databases)
+        held = scan(workers, tid, story.c)
+        assert not any(held.values()), (tid, held)
+    kept = scan(workers, story.tb, story.cb)
     assert kept["journeys"] >= 1 and kept["ltv-customers"] == 1, kept  # the scan does find what is there
 
     changelogs = latest_per_key(await consume_all(bootstrap, list(CHANGELOG_TOPICS), timeout=30))
@@ -217,14 +228,20 @@ async def _settled(bootstrap: str) -> bool:
     return all(first.values()) and first == second
 
 
-@pytest.mark.parametrize("state_store, kill", [("memory", False), ("rocksdb", True)])
+@pytest.mark.parametrize("state_store, workers, kill", [("memory", 1, False), ("rocksdb", 1, True),
+                                                        ("memory", 2, False)])
 async def test_erasure_by_customer_and_by_tracking_id_leaves_no_identifier_and_keeps_the_figures(
     kafka_broker_factory: Callable[[], KafkaBroker], make_worker: Callable[..., WorkerProcess], redis_url: str,
-    state_store: str, kill: bool,
+    state_store: str, workers: int, kill: bool,
 ) -> None:
     broker = kafka_broker_factory()
     await create_engine_topics(broker.bootstrap)
     extra = {"ERASURE_DELAY": "8s"} if kill else {}
-    worker = make_worker(bootstrap=broker.bootstrap, env=env(redis_url, state_store, **extra), name="eraser")
-    worker.wait_http("/metrics", timeout=90)
-    await play(broker.bootstrap, redis_url, worker, kill)
+    started = [make_worker(bootstrap=broker.bootstrap, env=env(redis_url, state_store, **extra), name=f"eraser{i}")
+               for i in range(workers)]
+    for worker in started:
+        worker.wait_http("/metrics", timeout=90)
+    if workers > 1:  # both in the group, each owning some partitions, before anything is sent
+        assert await poll(lambda: all(get_json(w, "/api/v1/state")["journey_partitions"] for w in started),
+                          timeout=90), "the partitions were never shared"
+    await play(broker.bootstrap, redis_url, started, kill)
