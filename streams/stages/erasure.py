@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.05
 CHECK_INTERVAL_S = 10.0
+LINK_SWEEP_INTERVAL_S = 300.0  # links are read whole to judge them: not every 10 s
 LINK_MESSAGE_BYTES = 256 * 1024
 
 Erase = Callable[[str], Awaitable[int]]
@@ -91,6 +92,7 @@ class ErasureStage:
         self.ledger = w.erasure_ledger
         self.customer_links: dict[int, list[bytes]] = {}  # partition -> [customer_id, tracking_id, expires]
         self.confirming: dict[str, dict[str, Any]] = {}  # request id -> its confirmation, to send
+        self.in_flight: set[str] = set()  # request ids whose confirmation is being sent
         w.erasers.register("t", "attributions", self.supersede_attributions)
         w.erasers.register("t", "links", self.erase_tracking_links)
         w.erasers.register("c", "links", self.erase_customer_links, find=self.tracking_ids_of)
@@ -229,6 +231,7 @@ class ErasureStage:
         """The confirmations of the batch on `erasure-log`, then the ledger rows closed: a crash between the
         two confirms again after the restart (at least once), never not at all."""
         pending, self.confirming = self.confirming, {}
+        self.in_flight |= set(pending)
         for rid, message in pending.items():
             await self.w.erasure_log.send(key=rid.encode(), value=orjson.dumps(message))
             log.info("erasure %s confirmed: %d rows", rid, message["rows"])
@@ -236,10 +239,12 @@ class ErasureStage:
             await self.w.app.producer.flush()
             self.ledger.put_rows({rid: closed(self.ledger.row(rid) or {}) for rid in pending})
             await self.ledger.send_changes()
+        self.in_flight -= set(pending)
 
     # -- upkeep ---------------------------------------------------------------------------------------------
     async def check(self) -> None:
-        """Log requests past ERASURE_DEADLINE (once each); forget closed ledger rows and expired links."""
+        """Log requests past ERASURE_DEADLINE (once each), confirm any complete one whose confirmation a crash
+        lost, forget closed ledger rows."""
         now, deadline = now_ms(), self.w.settings.erasure_deadline_ms
         owned = self.w.assigned(self.w.erasure_topic.get_topic_name())
         changes: dict[str, Any] = {}
@@ -248,7 +253,7 @@ class ErasureStage:
                 continue
             if expired_ledger(row, now, deadline):
                 changes[rid] = None
-            elif complete(row) and rid not in self.confirming:  # its confirmation lost to a crash
+            elif complete(row) and rid not in self.confirming and rid not in self.in_flight:  # lost to a crash
                 self.confirming[rid] = confirmation(row, now)
             elif overdue(row, now, deadline):
                 log.error("erasure %s not confirmed within ERASURE_DEADLINE: parts %s of %s reported",
@@ -257,13 +262,18 @@ class ErasureStage:
         self.ledger.put_rows(changes)
         await self.ledger.send_changes()
         await self.confirm()
+
+    async def sweep_links(self) -> None:
+        """Forget the owned links whose newest conversion is CUSTOMER_RETENTION behind event time."""
         journeys = self.w.state.get("journeys")
         stream_time = getattr(journeys, "stream_time", 0)
-        if stream_time:
-            gone = [key for key, row in list(self.links.data.items())
-                    if self.links.partition_for(key) in owned and link_expired(row, stream_time)]
-            self.links.put_rows(dict.fromkeys(gone))
-            await self.links.send_changes()
+        if not stream_time:
+            return
+        owned = self.w.assigned(self.w.erasure_topic.get_topic_name())
+        gone = [key for key, row in list(self.links.data.items())
+                if self.links.partition_for(key) in owned and link_expired(row, stream_time)]
+        self.links.put_rows(dict.fromkeys(gone))
+        await self.links.send_changes()
 
 
 def now_ms() -> int:
@@ -292,3 +302,7 @@ def register(w: Wiring) -> None:
     @w.app.timer(CHECK_INTERVAL_S, name="erasure-check")
     async def check() -> None:
         await stage.check()
+
+    @w.app.timer(LINK_SWEEP_INTERVAL_S, name="erasure-links-sweep")
+    async def sweep_links() -> None:
+        await stage.sweep_links()

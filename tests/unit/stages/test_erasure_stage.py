@@ -151,3 +151,32 @@ async def test_a_bad_request_goes_to_the_dead_letter_topic(raw: bytes, tmp_path:
     assert dead["topic"] == "erasure-requests" and (dead["partition"], dead["offset"]) == (2, 5)
     assert dead["value"] == raw.decode() and dead["error"]
     assert not w.erasure_topic.sent
+
+
+async def test_a_complete_request_whose_confirmation_a_crash_lost_is_confirmed_by_the_check(tmp_path: Path) -> None:
+    w = erasure_wiring(tmp_path)
+    stage = ErasureStage(w)
+    await stage.request(1, 7, orjson.dumps({"tracking_id": "tid-1"}))
+    await deliver(stage, w)
+    assert len(w.erasure_log.sent) == 1
+    complete_row = {"req": {"tracking_id": "tid-1"}, "at": 0, "want": ["t:x"], "done": {"t:x": 2}}
+    w.erasure_ledger.put_rows({"1-7": complete_row})  # as recovered: complete, never closed
+
+    await stage.check()
+
+    assert len(w.erasure_log.sent) == 2 and orjson.loads(w.erasure_log.sent[-1][2])["rows"] == 2
+    assert "closed" in w.erasure_ledger["1-7"]
+
+
+async def test_the_check_forgets_old_closed_markers_and_the_sweep_expired_links(tmp_path: Path) -> None:
+    w = erasure_wiring(tmp_path)
+    stage = ErasureStage(w)
+    w.erasure_ledger.put_rows({"0-1": {"closed": 0}, "0-2": {"closed": 2**50}})
+    await stage.check()
+    assert set(w.erasure_ledger) == {"0-2"}
+
+    stage.note_conversion("tid-old", "lead-old", None, T0)
+    stage.note_conversion("tid-new", "lead-new", None, T0 + w.settings.customer_retention_ms)
+    w.state["journeys"] = SimpleNamespace(stream_time=T0 + w.settings.customer_retention_ms + 1)
+    await stage.sweep_links()
+    assert set(w.erasure_links) == {"t|tid-new"}
