@@ -87,6 +87,7 @@ class Settings:
     topic_partitions: int = 8
     topic_replication: int | None = None  # TOPIC_REPLICATION unset: min(3, brokers) (streams.kafka.topics)
     dlq_retention_ms: int = 7 * 86_400_000  # DLQ_RETENTION: rejected inputs carry raw identifiers
+    erasure_deadline_ms: int = 3_600_000  # ERASURE_DEADLINE: request to confirmation on erasure-log
     attribution_model: MetricModel = "last_click"
     click_lookback_ms: int = 30 * 86_400_000
     view_lookback_ms: int = 86_400_000
@@ -125,6 +126,7 @@ class Settings:
     event_loop: str = "uvloop"  # EVENT_LOOP=asyncio: the standard library's loop instead of uvloop
     markov_interval_ms: int = 10_000  # the Markov model is recomputed at most this often (when paths changed)
     markov_stage: bool = True  # MARKOV_STAGE=off: no paths, no chain (its cost measured in bench/)
+    erasure_delay_ms: int = 0  # ERASURE_DELAY: fault injection for tests: a part waits this long before erasing
 
     @property
     def longest_lookback_ms(self) -> int:
@@ -141,6 +143,7 @@ class Settings:
             topic_partitions=reader.get("TOPIC_PARTITIONS", 8, _positive_int),
             topic_replication=reader.get("TOPIC_REPLICATION", None, _positive_int),
             dlq_retention_ms=reader.get("DLQ_RETENTION", "7d", _positive_duration),
+            erasure_deadline_ms=reader.get("ERASURE_DEADLINE", "1h", _positive_duration),
             attribution_model=reader.get("ATTRIBUTION_MODEL", "last_click", _model),
             click_lookback_ms=reader.get("CLICK_LOOKBACK", "30d", _positive_duration),
             view_lookback_ms=reader.get("VIEW_LOOKBACK", "1d", _positive_duration),
@@ -178,6 +181,7 @@ class Settings:
             event_loop=reader.get("EVENT_LOOP", "uvloop", _event_loop),
             markov_interval_ms=reader.get("MARKOV_INTERVAL", "10s", _positive_duration),
             markov_stage=reader.get("MARKOV_STAGE", "on", _on_off),
+            erasure_delay_ms=reader.get("ERASURE_DELAY", "0ms", parse_duration_ms),
         )
 
 

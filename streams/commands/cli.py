@@ -23,6 +23,8 @@ COMMANDS = {
     "demo": ("streams.commands.demo", "run", "embedded broker, worker, collector, simulator and a live KPI table"),
     "top": ("streams.commands.top", "run", "live per-channel KPI table read from metrics.channel"),
     "replay": ("streams.commands.replay", "run", "produce events from a JSON-lines file (backfill)"),
+    "forget": ("streams.commands.forget", "run",
+               "publish an erasure request for a tracking ID and/or a customer ID (confirmed on erasure-log)"),
 }
 
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["top"].add_argument("--once", action="store_true", help="print one table and exit")
     sub.choices["top"].add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     sub.choices["replay"].add_argument("file", help="JSON-lines file of events")
+    sub.choices["forget"].add_argument("--tracking-id", help="the visitor's tracking ID")
+    sub.choices["forget"].add_argument("--customer-id", help="the customer's id (their tracking IDs go too)")
     sub.choices["worker"].add_argument("--web-port", type=int, help="overrides WEB_PORT")
     sub.choices["intake"].add_argument("--web-port", type=int, help="overrides WEB_PORT")
     sub.choices["collect"].add_argument("--port", type=int, help="overrides COLLECTOR_PORT")

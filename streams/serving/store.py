@@ -60,6 +60,10 @@ class Claims(Protocol):
         """Forget the claims whose hold ended before `before_ms` of event time; returns how many."""
         ...
 
+    async def forget_customer(self, customer_id: str) -> int:
+        """Erasure: forget the customer's claim (their next order is a first order again); returns the rows."""
+        ...
+
 
 class Store(Protocol):
     async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None: ...
@@ -114,6 +118,9 @@ class RedisStore:
 
     async def sweep(self, before_ms: int) -> int:
         return 0  # each key expires by itself (PX), at most a hold's length after its last claim
+
+    async def forget_customer(self, customer_id: str) -> int:
+        return int(await self.client.delete(CUSTOMER_PREFIX + customer_id))
 
     async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
         if items:

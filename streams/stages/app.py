@@ -18,6 +18,9 @@ from streams.kafka.markov_effects import MarkovEffects
 from streams.kafka.tables import KeyPartitionedTable
 from streams.kafka.topics import (
     ATTRIBUTIONS_TOPIC,
+    DLQ_TOPIC,
+    ERASURE_LOG_TOPIC,
+    ERASURE_REQUESTS_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
     METRICS_LTV_TOPIC,
@@ -27,11 +30,12 @@ from streams.kafka.topics import (
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.pushgateway import Pusher
 from streams.serving.store import Claims, Store
-from streams.stages import intake, journeys, ltv, markov, metrics, signals, web
+from streams.stages import erasure, intake, journeys, ltv, markov, metrics, signals, web
 from streams.stages.claims import TableClaims
 from streams.stages.topology import (
     APP_ID,
     CUSTOMER_ORDERS_TOPIC,
+    ERASURES_TOPIC,
     FETCH_MAX_WAIT_MS,
     JOURNEY_TOPIC,
     LTV_PARTIALS_TOPIC,
@@ -96,6 +100,13 @@ def build(
     wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))
     wiring.channel_windows = _table(app, settings, "channel-windows",
                                     lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
+    wiring.erasure_requests = app.topic(ERASURE_REQUESTS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.erasure_topic = app.topic(ERASURES_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.erasure_log = app.topic(ERASURE_LOG_TOPIC, partitions=n)
+    wiring.dlq = app.topic(DLQ_TOPIC, partitions=n)
+    wiring.erasure_links = _table(app, settings, "erasure-links", erasure.link_key_partition(wiring.partition_of))
+    wiring.erasure_ledger = _table(app, settings, "erasures", wiring.partition_of)
+    wiring.erasers = erasure.Erasers()
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
     if settings.prometheus_pushgateway:
@@ -130,6 +141,7 @@ def build(
     if settings.ltv_stage:
         ltv.register(wiring)
     signals.register(wiring)
+    erasure.register(wiring)  # after the stages: their erasers run before those of the links naming the rows
     web.register(wiring)
     return wiring
 

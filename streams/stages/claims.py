@@ -58,6 +58,15 @@ class TableClaims:
         self.table.put_rows(changed)
         return answers
 
+    async def forget_customer(self, customer_id: str) -> int:
+        """Erasure: the customer's claim goes (a tombstone on the changelog); their next order is a first one."""
+        key = CUSTOMER_KEY_PREFIX + customer_id
+        if self.table.row(key) is None:
+            return 0
+        self.table.put_rows({key: None})
+        await self.table.send_changes()
+        return 1
+
     async def sweep(self, before_ms: int) -> int:
         """Forget owned rows whose hold ended before `before_ms`, a chunk at a time; a row claimed again
         meanwhile is judged again. Returns how many were forgotten."""

@@ -8,6 +8,7 @@ recovery), so a touchpoint with an earlier `ts` that arrives just after its conv
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -120,6 +121,7 @@ class JourneyStage:
         self.counts = BatchCounts()  # Prometheus counts and lags of the batch at hand, published at its end
         self.lags: list[float] = []
         self.paths: markov.PathStage | None = None  # the Markov model's paths (streams.stages.markov.register)
+        self.attributing = asyncio.Lock()  # an erasure never runs between a conversion's load and its write
 
     # -- batches of journey events -------------------------------------------------------------
     def absorb_batch(self, batch: list[Any]) -> None:
@@ -317,6 +319,21 @@ class JourneyStage:
                 self.dirty_partials.add(key)
 
     async def attribute_due(self) -> None:
+        async with self.attributing:
+            await self._attribute_due()
+
+    async def erase(self, tracking_id: str) -> int:
+        """Erasure (CONTRACT.md section 10): the visitor's journey goes, with a tombstone on the changelog.
+        Not while conversions are being attributed: none is sent after its journey was erased. A conversion
+        still waiting out the grace goes with the journey, before it was counted."""
+        async with self.attributing:
+            if self.w.journeys.row(tracking_id) is None:
+                return 0
+            self.w.journeys.put_rows({tracking_id: None})
+            await self.w.journeys.send_changes()
+            return 1
+
+    async def _attribute_due(self) -> None:
         ready = self.grace.ready(time.monotonic(), self.w.assigned(self.w.journey_events.get_topic_name()))
         if not ready:
             return
@@ -333,6 +350,9 @@ class JourneyStage:
         if self.paths is not None:
             await self.w.markov_paths.send_changes()
         await self.send_customer_orders()
+        erasure = getattr(self.w, "state", {}).get("erasure")  # streams.stages.erasure.ErasureStage: the links it keeps
+        if erasure is not None:
+            await erasure.send_links()
         await self.w.claims.written()
         await self.w.app.producer.flush()
         self.forget_pending(done)
@@ -387,6 +407,7 @@ class JourneyStage:
         journeys: dict[str, Journey] = {}
         partials: dict[str, Partial] = {}
         done: list[tuple[str, int]] = []
+        erasure = getattr(self.w, "state", {}).get("erasure")
         for partition, key, seq, conversion in conversions:
             journey = journeys.get(key) or journeys.setdefault(key, Journey.from_row(self.w.journeys.get(key)))
             if journey.take_pending(seq) is None:
@@ -401,6 +422,8 @@ class JourneyStage:
             new_customer = first_orders.get(conversion.event_id, False)
             message, credited = self.attribute(journey, conversion, promo, affiliates, new_customer)
             self.w.attributions.send_soon(key=conversion.event_id.encode(), value=orjson.dumps(message))
+            if erasure is not None:
+                erasure.note_conversion(key, conversion.event_id, conversion.customer_id, conversion.ts)
             self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
             self.count_commissions(message["commissions"])
             if isinstance(conversion, Order) and conversion.customer_id and self.w.settings.ltv_stage:
@@ -591,6 +614,9 @@ def register(w: Wiring) -> None:
     w.state["journeys"] = stage
     w.journeys.recovered_callbacks.append(stage.requeue_pending)
     w.partials.recovered_callbacks.append(stage.resend_partials)
+    if getattr(w, "erasers", None) is not None:
+        w.erasers.register("t", "journeys", stage.erase)
+        w.erasers.register("c", "claims", w.claims.forget_customer)
 
     guard = SkippedRecordGuard(w.app, w.bootstrap, w.journey_events.get_topic_name(), APP_ID)
 

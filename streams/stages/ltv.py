@@ -181,6 +181,26 @@ class CustomerStage:
             log.info("lifetime value: forgot %d customers after CUSTOMER_RETENTION", len(delete))
 
 
+    async def erase(self, customer_id: str) -> int:
+        """Erasure (CONTRACT.md section 10): the customer's row goes, and its figures stay counted: they move
+        to the partition's meta row, as the sweep retires a customer. Both records go in one put, on one
+        changelog partition, in order (meta first), so a crash leaves the figures counted once."""
+        partition = self.w.partition_of(customer_id)
+        key = customer_key(partition, customer_id)
+        row = self.table.get(key)
+        if not row:
+            return 0
+        rows: dict[str, Any] = {}
+        if row[6] + self.retention_ms >= self.retired.get(partition, 0):  # else retired before a crash already
+            meta_key = f"{META_PREFIX}{partition}"
+            meta = self.table.get(meta_key) or {"r": 0, "s": {}}
+            rows[meta_key] = {"r": meta["r"], "s": add_sums(meta["s"], row_contribution(row))}
+        rows[key] = None
+        self.table.put_rows(rows)
+        await self.table.send_changes()
+        return 1
+
+
 class ChannelStage:
     """Stage two: per channel, the latest partial of every source partition plus the cumulative spend."""
 
@@ -296,6 +316,8 @@ def register(w: Wiring) -> None:
     w.state["ltv-channels"] = channels
     w.ltv_customers.recovered_callbacks.append(customers.rebuild)
     w.ltv_channels.recovered_callbacks.append(channels.recovered)
+    if getattr(w, "erasers", None) is not None:
+        w.erasers.register("c", "ltv-customers", customers.erase)
 
     guard = SkippedRecordGuard(w.app, w.bootstrap, w.customer_orders.get_topic_name(), APP_ID)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ PUBLISH_CHECK_INTERVAL_S = 1.0
 SWEEP_INTERVAL_S = 300.0  # rows are decoded to judge them: not every 30 s like the journeys
 SNAPSHOT_MESSAGE_BYTES = 256 * 1024
 MARKOV_NAMESPACE = "markov"
+ERASED_KEY_PREFIX = "\x00erased/"  # the paths of an erased visitor, still counted, under no identifier
 
 
 def credits(w: Wiring, journey: list[Touchpoint], conversion_ts: int) -> list[Credit]:
@@ -226,6 +228,21 @@ class PathStage:
         for value in json_arrays(values, SNAPSHOT_MESSAGE_BYTES):
             await self.w.markov_partials_topic.send(value=value, partition=CHAIN_PARTITION)
 
+    async def erase(self, tracking_id: str) -> int:
+        """Erasure (CONTRACT.md section 10): the visitor's row goes (a tombstone); its ended paths stay counted in
+        the chain under a key that names nobody, on the same partition (so the partition's sums do not move),
+        until the sweep forgets them as it would have forgotten the visitor's."""
+        raw = self.table.row(tracking_id)
+        self.open.pop(tracking_id, None)
+        if not raw:
+            return 0
+        rows: dict[str, Any] = {tracking_id: None}
+        if PathRow.from_row(raw).paths:
+            rows[anonymous_key(self.w.partition_of(tracking_id), self.w.partition_of)] = raw
+        self.table.put_rows(rows)
+        await self.table.send_changes()
+        return 1
+
     async def sweep(self) -> None:
         """Forget buckets that left MARKOV_WINDOW, and the rows of visitors idle for longer than rows are kept."""
         stream_time = self.clock()
@@ -240,6 +257,14 @@ class PathStage:
                 and PathRow.from_row(raw).newest_ts() < stream_time - self.keep_ms]
         self.table.put_rows(dict.fromkeys(gone))
         await self.table.send_changes()
+
+
+def anonymous_key(partition: int, partition_of: Callable[[str], int]) -> str:
+    """A random key that names nobody and lives on `partition` (tries until murmur2 agrees: ~partitions tries)."""
+    while True:
+        key = ERASED_KEY_PREFIX + secrets.token_hex(8)
+        if partition_of(key) == partition:
+            return key
 
 
 class ChainStage:
@@ -330,6 +355,8 @@ def register(w: Wiring) -> None:
     w.markov_paths.recovered_callbacks.append(paths.rebuild)
     w.journeys.recovered_callbacks.append(paths.reindex)
     w.markov_chain.recovered_callbacks.append(chain.recovered)
+    if getattr(w, "erasers", None) is not None:
+        w.erasers.register("t", "markov-paths", paths.erase)
 
     guard = SkippedRecordGuard(w.app, w.bootstrap, w.markov_partials_topic.get_topic_name(), APP_ID)
 

@@ -21,6 +21,10 @@
                                   │ markov chain: removal effects, at most every MARKOV_INTERVAL
                                   ▼
                  metrics.markov ──► every worker (models.markov credit, GET /api/v1/markov)
+ erasure-requests ──► attribution-erasures (a part per identifier, on its owner's partition; reports to the
+                                  │ request's partition) ── every registered eraser deletes its rows
+                                  ▼
+                 erasure-log (one confirmation per request, once every part reported)
 
 Tables choose their changelog partition from the key with the same murmur2 the intake uses
 to route events, so a key's state always lives with the partition that reads its events.
@@ -49,13 +53,15 @@ PARTIALS_TOPIC = "attribution-metric-partials"
 CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 MARKOV_PARTIALS_TOPIC = "attribution-markov-partials"
+ERASURES_TOPIC = "attribution-erasures"
 FETCH_MAX_WAIT_MS = 10
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
 TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims",
-          "markov-paths", "markov-chain")
+          "markov-paths", "markov-chain", "erasure-links", "erasures")
 # Created before Faust starts: a producer's first send must never auto-create one of these with the
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
-INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC, MARKOV_PARTIALS_TOPIC)
+INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC, MARKOV_PARTIALS_TOPIC,
+                   ERASURES_TOPIC)
 CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
 # Tables keyed like these topics find a key's partition with TOPIC_PARTITIONS: they must have that many.
 CO_PARTITIONED_TOPICS = INTERNAL_TOPICS + CHANGELOG_TOPICS + (METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC)
@@ -96,6 +102,13 @@ class Wiring:
     markov_chain: Any = None
     markov_effects: Any = None  # streams.kafka.markov_effects.MarkovEffects: the latest model, on every worker
     affiliates: AffiliateDirectory | None = None
+    erasure_requests: Any = None  # erasure (section 10): stages/erasure.py
+    erasure_topic: Any = None
+    erasure_log: Any = None
+    erasure_links: Any = None
+    erasure_ledger: Any = None
+    dlq: Any = None
+    erasers: Any = None  # streams.stages.erasure.Erasers: every store that holds an identifier registers there
     state: dict[str, Any] = field(default_factory=dict)
 
     def partition_of(self, key: str) -> int:

@@ -84,6 +84,20 @@ def state_summary(w: Wiring) -> dict[str, Any]:
     }
 
 
+def rows_holding(w: Wiring, identifiers: list[str]) -> dict[str, int]:
+    """Per table, the rows of this worker (every partition it holds) whose key or value holds one of the
+    identifiers (an erasure check for operators, `GET /api/v1/erasure/check`; it reads every row)."""
+    needles = [i.encode() for i in identifiers if i]
+    found: dict[str, int] = {}
+    for table in w.app.tables.values():
+        n = 0
+        for key, row in list(table.data.items()):
+            text = str(key).encode() + b"\x00" + (row if isinstance(row, bytes) else orjson.dumps(row))
+            n += any(needle in text for needle in needles)
+        found[table.name] = n
+    return found
+
+
 def register(w: Wiring) -> None:
     if not w.settings.redis_url:
 
@@ -117,6 +131,12 @@ def register(w: Wiring) -> None:
             return web.bytes(orjson.dumps(MARKOV_OFF), content_type="application/json", status=404)
         return web.bytes(orjson.dumps(w.markov_effects.model.messages()), content_type="application/json")
 
-    for path, handler in (("kpis", kpis), ("state", state), ("ltv", ltv), ("markov", markov)):
+    async def erasure_check(web: Any, request: Any) -> Any:
+        """?tracking_id=..&customer_id=..: how many rows of each table of this worker still hold them."""
+        identifiers = [request.query.get(name, "") for name in ("tracking_id", "customer_id")]
+        return web.bytes(orjson.dumps(rows_holding(w, identifiers)), content_type="application/json")
+
+    for path, handler in (("kpis", kpis), ("state", state), ("ltv", ltv), ("markov", markov),
+                          ("erasure/check", erasure_check)):
         w.app.page(f"/api/v1/{path}", name=handler.__name__)(page.guard(w, handler))
     page.register(w, state_summary)
