@@ -21,10 +21,13 @@ system-deps:
 demo: deps
 	$(VENV)/bin/attribution demo
 
+# The integration tests mostly wait (brokers, workers, graces): three processes share two cores well.
+TEST_WORKERS ?= 3
+
 test: deps system-deps
 	deploy/kafka/kafka.sh fetch
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit

@@ -28,6 +28,17 @@ from tests.integration.services import (  # noqa: E402
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs tests in parallel (pytest-xdist, `--dist loadgroup`): a module whose tests share a module- or
+    class-scoped fixture (a worker, a broker, a produced scenario) runs on one xdist worker, so that the fixture is
+    set up once; the tests of other modules are spread one by one."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
+        if any(d.scope in ("module", "class") for defs in definitions for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KafkaBroker]]:
     """Start a private Apache Kafka broker (free port, own data dir); all are stopped at the end.
