@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
+
+import orjson
 
 
 class FakeTable(dict):  # type: ignore[type-arg]
@@ -29,3 +32,12 @@ class FakeTable(dict):  # type: ignore[type-arg]
     def partition_for(self, key: str) -> int:
         """Every key on partition 0 (a test that needs more subclasses this)."""
         return 0
+
+
+def journey_message(offset: int, items: list[Any], partition: int = 0) -> Any:
+    """A message of the journeys topic as the journeys agent gets it: the intake's routed events at an offset."""
+    from streams.stages.intake import route_key  # the stage, imported only by the tests that drive one
+
+    value = orjson.dumps({"src": "intake", "wm": -1, "own": None, "mx": 0,
+                          "e": [[route_key(item), list(item)] for item in items]})
+    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, value=value))

@@ -77,6 +77,8 @@ STORE_RETRY_S = 1.0
 SNAPSHOT_MESSAGE_BYTES = 256 * 1024  # partial snapshots per message, as a JSON array (Kafka's limit: 1 MiB)
 FUTURE_TOLERANCE_MS = 300_000
 TOUCHES = ("i", "c")
+FLOODED = "f"  # a click beyond CLICK_FLOOD, where the kind of a touchpoint goes
+TOUCH_FIGURES = {"i": IMPRESSIONS, "c": CLICKS, FLOODED: SUSPECT_CLICKS}
 TYPE_NAMES = {"i": "impression", "c": "click", "l": "lead", "o": "order", "s": "spend"}
 
 
@@ -84,7 +86,7 @@ class AbsorbedBatch:
     """What one batch of journey events gathers before it is written: the journeys and partials it changed
     and its Prometheus counts summed per label set (a counter call per event was a tenth of the stage)."""
 
-    __slots__ = ("now_ms", "ceiling", "journeys", "partials", "slots", "outcomes", "touches", "spend", "flooded")
+    __slots__ = ("now_ms", "ceiling", "journeys", "partials", "slots", "outcomes", "touches", "spend")
 
     def __init__(self, now_ms: float) -> None:
         self.now_ms = now_ms
@@ -93,9 +95,9 @@ class AbsorbedBatch:
         self.partials: dict[str, Partial] = {}
         self.slots: dict[tuple[int, int, str], Partial] = {}  # the same partials by (partition, window, channel)
         self.outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)  # (kind, outcome) -> events
-        self.touches: dict[tuple[str, str, str], list[Any]] = {}  # (kind, channel, campaign) -> [events, cost]
+        # (kind, channel, campaign) -> [events, cost]; kind "i", "c", or FLOODED for a click beyond CLICK_FLOOD
+        self.touches: dict[tuple[str, str, str], list[Any]] = {}
         self.spend: defaultdict[tuple[str, str], float] = defaultdict(float)  # (channel, campaign) -> amount
-        self.flooded: dict[tuple[str, str], list[Any]] = {}  # (channel, campaign) -> [suspect clicks, cost]
 
 
 class JourneyStage:
@@ -150,13 +152,13 @@ class JourneyStage:
         for (kind, outcome), n in absorbed.outcomes.items():
             self.counts.add(self.outcome[kind, outcome], n)
         for (kind, channel, campaign), (n, cost) in absorbed.touches.items():
-            m.count(self.counts, m.clicks if kind == "c" else m.impressions, channel, campaign, n)
+            if kind == FLOODED:
+                self.counts.add(m.suspect.labels(channel, "flood"), n)
+            else:
+                m.count(self.counts, m.clicks if kind == "c" else m.impressions, channel, campaign, n)
             m.count(self.counts, m.spend, channel, campaign, cost)
         for (channel, campaign), amount in absorbed.spend.items():
             m.count(self.counts, m.spend, channel, campaign, amount)
-        for (channel, campaign), (n, cost) in absorbed.flooded.items():
-            self.counts.add(m.suspect.labels(channel, "flood"), n)
-            m.count(self.counts, m.spend, channel, campaign, cost)
         self.publish_counts()
 
     def publish_counts(self) -> None:
@@ -189,10 +191,8 @@ class JourneyStage:
             if new:
                 absorbed.outcomes[kind, "ok"] += 1
                 self.lags.append(max(0.0, absorbed.now_ms - ts) / 1000)
-            if admission is Admission.SUSPECT or admission is Admission.SUSPECT_REPLAY:
-                self.count_suspect_click(partition, seq, window, item, absorbed, new)
-            else:
-                self.count_touch(partition, seq, window, item, absorbed, new)
+            suspect = admission is Admission.SUSPECT or admission is Admission.SUSPECT_REPLAY
+            self.count_touch(partition, seq, window, item, absorbed, new, suspect)
         elif kind == "s":
             if admission is Admission.NEW:
                 absorbed.outcomes[kind, "ok"] += 1  # spend comes late by design: no lag
@@ -232,33 +232,23 @@ class JourneyStage:
             m.count(self.counts, m.leads, DIRECT, NONE_CAMPAIGN)
 
     def count_touch(self, partition: int, seq: int, window: int, item: Touch, absorbed: AbsorbedBatch,
-                    new: bool) -> None:
+                    new: bool, suspect: bool = False) -> None:
+        """An impression or a click; a `suspect` click (beyond CLICK_FLOOD) counts in `suspect_clicks`, not in
+        `clicks`. Either way its cost is spend."""
         partial = self.slot(absorbed, partition, window, item.channel)
         if seq <= partial.touch_seq:
             return  # absorbed before a restart
         partial.touch_seq = seq
-        partial.add_touch(item.campaign, CLICKS if item.kind == "c" else IMPRESSIONS, item.cost)
+        kind = FLOODED if suspect else item.kind
+        partial.add_touch(item.campaign, TOUCH_FIGURES[kind], item.cost)
         if new:
-            label = (item.kind, item.channel, item.campaign)
+            label = (kind, item.channel, item.campaign)
             tally = absorbed.touches.get(label)
             if tally is None:
                 absorbed.touches[label] = [1, item.cost]
             else:
                 tally[0] += 1
                 tally[1] += item.cost
-
-    def count_suspect_click(self, partition: int, seq: int, window: int, item: Touch, absorbed: AbsorbedBatch,
-                            new: bool) -> None:
-        """A click beyond CLICK_FLOOD: counted in `suspect_clicks`, not in `clicks`; its cost is still spend."""
-        partial = self.slot(absorbed, partition, window, item.channel)
-        if seq <= partial.touch_seq:
-            return  # absorbed before a restart
-        partial.touch_seq = seq
-        partial.add_touch(item.campaign, SUSPECT_CLICKS, item.cost)
-        if new:
-            tally = absorbed.flooded.setdefault((item.channel, item.campaign), [0, 0.0])
-            tally[0] += 1
-            tally[1] += item.cost
 
     def count_spend(self, partition: int, seq: int, window: int, item: Spend, absorbed: AbsorbedBatch,
                     new: bool) -> None:

@@ -17,7 +17,7 @@ from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.intake import route_key
 from streams.stages.journeys import JourneyStage
-from tests.fakes import FakeTable
+from tests.fakes import FakeTable, journey_message
 
 T0 = 1_763_800_020_000
 SETTINGS = Settings.from_env({"TOPIC_PARTITIONS": "4", "DEFAULT_MARGIN": "0.5"})
@@ -35,12 +35,6 @@ def events(topic: str, *objs: dict[str, Any]) -> list[Any]:
     valid, rejections = parse_message(orjson.dumps(list(objs)), topic, SETTINGS)
     assert rejections == []
     return valid
-
-
-def message(offset: int, items: list[Any], partition: int = 0) -> Any:
-    value = orjson.dumps({"src": "intake", "wm": -1, "own": None, "mx": 0,
-                          "e": [[route_key(item), list(item)] for item in items]})
-    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, value=value))
 
 
 def figures(journeys: JourneyStage) -> dict[tuple[str, str], list[float]]:
@@ -81,7 +75,7 @@ def test_the_intake_keys_them_by_a_shard_not_by_the_visitor() -> None:
 
 def test_they_are_counted_in_their_window_and_stored_nowhere() -> None:
     journeys = stage()
-    journeys.absorb_batch([message(0, without_consent())])
+    journeys.absorb_batch([journey_message(0, without_consent())])
 
     assert dict(journeys.w.journeys) == {}, "a journey row was kept"
     assert len(journeys.grace) == 0, "a conversion waits for touchpoints it must not look up"
@@ -99,11 +93,11 @@ def test_they_are_counted_in_their_window_and_stored_nowhere() -> None:
 
 def test_a_replay_after_a_restart_is_not_counted_twice_and_new_ones_are() -> None:
     journeys = stage()
-    journeys.absorb_batch([message(0, without_consent())])
+    journeys.absorb_batch([journey_message(0, without_consent())])
     before = figures(journeys)
-    journeys.absorb_batch([message(0, without_consent())])  # the same message read again
+    journeys.absorb_batch([journey_message(0, without_consent())])  # the same message read again
     assert figures(journeys) == before
-    journeys.absorb_batch([message(1, without_consent())])  # sent again: a new message, counted again
+    journeys.absorb_batch([journey_message(1, without_consent())])  # sent again: a new message, counted again
     after = figures(journeys)
     assert after[("facebook", "ugc")][IMPRESSIONS] == 2 * before[("facebook", "ugc")][IMPRESSIONS]
     assert after[("(direct)", "(none)")][REVENUE] == 160.0
@@ -113,7 +107,7 @@ def test_with_consent_the_same_events_join_the_visitor_s_journey_and_conversions
     journeys = stage()
     consented = [event._replace(tracking_id="visitor-1") for event in without_consent()]
     consented[-1] = consented[-1]._replace(order_id="A-1")
-    journeys.absorb_batch([message(0, consented)])
+    journeys.absorb_batch([journey_message(0, consented)])
     assert set(journeys.w.journeys) == {"visitor-1"}
     assert len(journeys.grace) == 2  # the lead and the order wait out the grace for their touchpoints
     assert counter(journeys, "attribution_events_total", type="impression", outcome="duplicate") == 1

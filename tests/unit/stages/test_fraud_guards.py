@@ -16,9 +16,8 @@ from streams.core.journeys import Journey
 from streams.core.windows import CLICKS, SPEND, SUSPECT_CLICKS
 from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
-from streams.stages.intake import route_key
 from streams.stages.journeys import JourneyStage
-from tests.fakes import FakeTable
+from tests.fakes import FakeTable, journey_message
 
 T0 = 1_763_800_020_000
 MINUTE = 60_000
@@ -41,12 +40,6 @@ def clicks(tid: str, *times: int, channel: str = "display", prefix: str = "c") -
     return valid
 
 
-def message(offset: int, items: list[Any], partition: int = 0) -> Any:
-    value = orjson.dumps({"src": "intake", "wm": -1, "own": None, "mx": 0,
-                          "e": [[route_key(item), list(item)] for item in items]})
-    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, value=value))
-
-
 def channel_figures(journeys: JourneyStage, channel: str) -> list[float]:
     total: list[float] = []
     for key, (_, _, campaigns) in journeys.w.partials.items():
@@ -64,7 +57,7 @@ def suspect(journeys: JourneyStage, channel: str, reason: str) -> float:
 def test_a_tracking_ids_clicks_beyond_the_flood_limit_count_as_suspect_not_as_clicks() -> None:
     journeys = stage()  # CLICK_FLOOD=30/1h by default
     bot = clicks("bot", *(T0 + i * MINUTE for i in range(45)))  # 45 clicks in 45 minutes
-    journeys.absorb_batch([message(0, bot)])
+    journeys.absorb_batch([journey_message(0, bot)])
     figures = channel_figures(journeys, "display")
     assert (figures[CLICKS], figures[SUSPECT_CLICKS]) == (30, 15)
     assert figures[SPEND] == 45 * 0.5  # a suspect click's cost was still paid
@@ -76,7 +69,7 @@ def test_a_tracking_ids_clicks_beyond_the_flood_limit_count_as_suspect_not_as_cl
 
 def test_clicks_spread_wider_than_the_span_are_never_suspect() -> None:
     journeys = stage()
-    journeys.absorb_batch([message(0, clicks("fan", *(T0 + i * 3 * MINUTE for i in range(60))))])  # 20 an hour
+    journeys.absorb_batch([journey_message(0, clicks("fan", *(T0 + i * 3 * MINUTE for i in range(60))))])  # 20 an hour
     figures = channel_figures(journeys, "display")
     assert (figures[CLICKS], figures[SUSPECT_CLICKS]) == (60, 0)
 
@@ -84,11 +77,11 @@ def test_clicks_spread_wider_than_the_span_are_never_suspect() -> None:
 def test_a_replayed_suspect_click_is_not_counted_again_and_a_repeat_is_a_duplicate() -> None:
     journeys = stage()
     bot = clicks("bot", *(T0 + i * 1000 for i in range(32)))
-    journeys.absorb_batch([message(0, bot)])
+    journeys.absorb_batch([journey_message(0, bot)])
     before = channel_figures(journeys, "display")
-    journeys.absorb_batch([message(0, bot)])  # the same input again, as after a restart
+    journeys.absorb_batch([journey_message(0, bot)])  # the same input again, as after a restart
     assert channel_figures(journeys, "display") == before
-    journeys.absorb_batch([message(1, bot[-1:])])  # the suspect click sent twice
+    journeys.absorb_batch([journey_message(1, bot[-1:])])  # the suspect click sent twice
     assert channel_figures(journeys, "display") == before
     assert journeys.w.registry.get_sample_value(
         "attribution_events_total", {"type": "click", "outcome": "duplicate"}) == 1
@@ -97,16 +90,16 @@ def test_a_replayed_suspect_click_is_not_counted_again_and_a_repeat_is_a_duplica
 def test_a_replay_after_the_partials_were_lost_counts_the_suspect_clicks_as_suspect_again() -> None:
     journeys = stage()
     bot = clicks("bot", *(T0 + i * 1000 for i in range(32)))
-    journeys.absorb_batch([message(0, bot)])
+    journeys.absorb_batch([journey_message(0, bot)])
     expected = channel_figures(journeys, "display")
     journeys.w.partials.clear()  # the journey rows reached the changelog, the partials did not
-    journeys.absorb_batch([message(0, bot)])
+    journeys.absorb_batch([journey_message(0, bot)])
     assert channel_figures(journeys, "display") == expected
 
 
 def test_the_flood_rule_off_keeps_every_click() -> None:
     journeys = stage(CLICK_FLOOD="off")
-    journeys.absorb_batch([message(0, clicks("bot", *(T0 + i * 1000 for i in range(40))))])
+    journeys.absorb_batch([journey_message(0, clicks("bot", *(T0 + i * 1000 for i in range(40))))])
     figures = channel_figures(journeys, "display")
     assert (figures[CLICKS], figures[SUSPECT_CLICKS]) == (40, 0)
 
@@ -128,7 +121,7 @@ def credited_channels(journeys: JourneyStage, tid: str, conversion: Any) -> dict
 
 def test_a_click_less_than_min_click_gap_before_the_order_takes_no_credit_and_counts_as_suspect() -> None:
     journeys = stage()  # MIN_CLICK_GAP=10s by default
-    journeys.absorb_batch([message(0, [*clicks("v", T0, channel="search", prefix="s"),
+    journeys.absorb_batch([journey_message(0, [*clicks("v", T0, channel="search", prefix="s"),
                                        *clicks("v", T0 + 55_001, channel="coupons", prefix="k")])])
     assert credited_channels(journeys, "v", order("v", T0 + 65_000)) == {"search": 1.0}  # 9.999 s: too close
     assert suspect(journeys, "coupons", "click_gap") == 1
@@ -137,13 +130,13 @@ def test_a_click_less_than_min_click_gap_before_the_order_takes_no_credit_and_co
 
 def test_a_click_exactly_min_click_gap_before_the_order_is_credited() -> None:
     journeys = stage()
-    journeys.absorb_batch([message(0, clicks("v", T0, channel="coupons"))])
+    journeys.absorb_batch([journey_message(0, clicks("v", T0, channel="coupons"))])
     assert credited_channels(journeys, "v", order("v", T0 + 10_000)) == {"coupons": 1.0}
     assert suspect(journeys, "coupons", "click_gap") == 0
 
 
 def test_with_min_click_gap_off_the_last_click_wins_however_close() -> None:
     journeys = stage(MIN_CLICK_GAP="0")
-    journeys.absorb_batch([message(0, [*clicks("v", T0, channel="search", prefix="s"),
+    journeys.absorb_batch([journey_message(0, [*clicks("v", T0, channel="search", prefix="s"),
                                        *clicks("v", T0 + 59_999, channel="coupons", prefix="k")])])
     assert credited_channels(journeys, "v", order("v", T0 + 60_000)) == {"coupons": 1.0}
