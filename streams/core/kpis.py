@@ -16,6 +16,8 @@ class Figures(NamedTuple):
     revenue: float = 0.0
     spend: float = 0.0
     gross_profit: float = 0.0
+    refunds: float = 0.0  # credit x refunded share of the order (CONTRACT.md section 9); revenue is net of them
+    refunded_revenue: float = 0.0
 
     def __add__(self, other: object) -> Figures:  # type: ignore[override]
         if not isinstance(other, Figures):
@@ -108,4 +110,6 @@ def metrics_message(
         "spend": f.spend,
         "gross_profit": f.gross_profit,
         **{name: kpi(f) for name, kpi in KPIS.items()},
+        "refunds": f.refunds,
+        "refunded_revenue": f.refunded_revenue,
     }

@@ -18,7 +18,8 @@ from typing import Any
 from streams.core.kpis import Figures
 
 FIGURE_COUNT = len(Figures._fields)
-IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT = range(FIGURE_COUNT)
+(IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT, REFUNDS,
+ REFUNDED_REVENUE) = range(FIGURE_COUNT)
 
 
 def window_start(ts: int, window_ms: int) -> int:
@@ -41,7 +42,13 @@ class Partial:
 
     @classmethod
     def from_row(cls, row: list[Any] | None) -> Partial:
-        return cls(*row) if row else cls()
+        if not row:
+            return cls()
+        partial = cls(*row)
+        for figures in partial.campaigns.values():  # a row written before figures were added (refunds)
+            if len(figures) < FIGURE_COUNT:
+                figures.extend([0.0] * (FIGURE_COUNT - len(figures)))
+        return partial
 
     def add(self, campaign: str, index: int, amount: float) -> None:
         figures = self.campaigns.get(campaign)

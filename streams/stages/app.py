@@ -18,6 +18,7 @@ from streams.kafka.markov_effects import MarkovEffects
 from streams.kafka.tables import KeyPartitionedTable
 from streams.kafka.topics import (
     ATTRIBUTIONS_TOPIC,
+    DLQ_TOPIC,
     METRICS_CAMPAIGN_TOPIC,
     METRICS_CHANNEL_TOPIC,
     METRICS_LTV_TOPIC,
@@ -27,13 +28,14 @@ from streams.kafka.topics import (
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.pushgateway import Pusher
 from streams.serving.store import Claims, Store
-from streams.stages import intake, journeys, ltv, markov, metrics, signals, web
+from streams.stages import intake, journeys, ltv, markov, metrics, refunds, signals, web
 from streams.stages.claims import TableClaims
 from streams.stages.topology import (
     APP_ID,
     CUSTOMER_ORDERS_TOPIC,
     FETCH_MAX_WAIT_MS,
     JOURNEY_TOPIC,
+    LEDGER_TOPIC,
     LTV_PARTIALS_TOPIC,
     MARKOV_PARTIALS_TOPIC,
     PARTIALS_TOPIC,
@@ -96,6 +98,10 @@ def build(
     wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))
     wiring.channel_windows = _table(app, settings, "channel-windows",
                                     lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
+    wiring.ledger_topic = app.topic(LEDGER_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.order_ledger = _table(app, settings, "order-ledger", wiring.partition_of)
+    wiring.refund_partials = _table(app, settings, "refund-partials", lambda key: int(key.split("|", 1)[0]))
+    wiring.dlq = app.topic(DLQ_TOPIC, key_type=bytes, value_type=bytes)
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
     if settings.prometheus_pushgateway:
@@ -124,6 +130,7 @@ def build(
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
         intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
+    refunds.register(wiring)
     if settings.markov_stage:
         markov.register(wiring)
     metrics.register(wiring)

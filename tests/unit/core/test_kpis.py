@@ -107,6 +107,7 @@ def test_a_metrics_message_has_the_contract_fields_in_order() -> None:
         "channel", "campaign", "window_start", "window_end", "final",
         "impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit",
         "ctr", "cpc", "cpm", "cpl", "cpa", "cac", "conversion_rate", "aov", "roas", "roi", "romi",
+        "refunds", "refunded_revenue",
     ]
 
 
