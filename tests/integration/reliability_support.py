@@ -46,7 +46,8 @@ from tests.integration.services import WorkerProcess, consume_all
 S = 1_000  # ms per second
 WINDOW_MS = 60_000
 EUR = 1.1
-FIGURES = ("impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit")
+FIGURES = ("impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit", "refunds",
+           "refunded_revenue")
 TOPIC_OF = {"impression": "impressions", "click": "clicks", "lead": "leads", "order": "orders", "spend": "spend"}
 TYPE_OF = {topic: kind for kind, topic in TOPIC_OF.items()}
 CAMPAIGNS = {
