@@ -7,7 +7,7 @@ one compact list (the value of one table key):
 
 - `order`: `LedgerOrder.to_row()` (None while only refunds of it are known):
   `[event_id, ts, revenue, margin, customer_id, [channel, campaign, affiliate_id, ...],
-    [weight, ...] (one per credited touch and model, model-major, models in LEDGER_MODELS order),
+    weights (float64, one per credited touch and model, model-major, models in LEDGER_MODELS order, base64),
     [affiliate_id, role, amount, ...]]`;
 - `refunded`: the revenue refunded so far;
 - `ids`: ID_HASH_CHARS of hash per refund `event_id` taken (a repeat is a duplicate);
@@ -21,18 +21,22 @@ refund's own `ts`.
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from streams.config import METRIC_MODELS
 from streams.core.events import Refund
-from streams.core.ltv import id_hash
+from streams.core.ltv import deep_size, id_hash
 
 LEDGER_MODELS = METRIC_MODELS  # the five rules of position, then markov
 UNKNOWN_ORDER = "unknown order_id"
 EXCEEDS_ORDER = "refund exceeds order"
 EPSILON = 1e-9  # money left below this (times the revenue) is nothing: float dust of partial refunds
 ORDER, REFUNDED, IDS, PENDING = range(4)
+DICT_SLOT_BYTES = 40  # a key's share of a dict's hash table (entries ~24 B at 2/3 load, plus the index)
 
 Touch = tuple[str, str, str | None]  # channel, campaign, affiliate_id
 
@@ -50,16 +54,18 @@ class LedgerOrder(NamedTuple):
     commissions: tuple[tuple[str, str, float], ...]  # (affiliate_id, role, amount) owed on the order
 
     def to_row(self) -> list[Any]:
+        weights = array("d", [weight for weights in self.weights for weight in weights])
         return [self.event_id, self.ts, self.revenue, self.margin, self.customer_id,
-                [item for touch in self.touches for item in touch],
-                [weight for weights in self.weights for weight in weights],
-                [item for commission in self.commissions for item in commission]]
+                [sys.intern(item) if item else item for touch in self.touches for item in touch],
+                base64.b64encode(weights.tobytes()).decode("ascii"),  # one string, not a float object each
+                [sys.intern(item) if isinstance(item, str) else item for c in self.commissions for item in c]]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> LedgerOrder:
         flat, n = row[5], len(row[5]) // 3
         touches = tuple((flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3))
-        weights = tuple(tuple(row[6][m * n:(m + 1) * n]) for m in range(len(LEDGER_MODELS)))
+        packed = array("d", base64.b64decode(row[6]))
+        weights = tuple(tuple(packed[m * n:(m + 1) * n]) for m in range(len(LEDGER_MODELS)))
         owed = row[7]
         commissions = tuple((owed[i], owed[i + 1], owed[i + 2]) for i in range(0, len(owed), 3))
         return cls(row[0], row[1], row[2], row[3], row[4], touches, weights, commissions)
@@ -198,8 +204,9 @@ def refund_effects(order: LedgerOrder, refund: Refund, taken: Taken, model: str,
     return Effects(figures, reversed_, message, amount * order.margin)
 
 
-def ledger_bytes(row: list[Any]) -> int:
-    """The memory one ledger row takes in a worker (shared interned strings not counted)."""
-    from streams.core.ltv import deep_size
-
-    return deep_size(row)
+def ledger_bytes(key: str, row: list[Any]) -> int:
+    """The memory one remembered order takes in the in-memory table: its key, its row and the slot of the
+    table's dict, leaving out the channel, campaign and affiliate names (interned: shared by every order)."""
+    names = [*row[ORDER][5], *row[ORDER][7][::3], *row[ORDER][7][1::3]] if row[ORDER] else []
+    shared = frozenset(id(name) for name in names if name)
+    return deep_size(key) + deep_size(row, shared) + DICT_SLOT_BYTES
