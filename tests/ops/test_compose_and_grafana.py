@@ -38,11 +38,14 @@ CONTRACT_METRICS = {
     "attribution_event_lag_seconds",  # histogram
     "attribution_gross_profit_total",
     "attribution_signal",
+    "attribution_refunds_total",  # section 9, {channel,campaign}
+    "attribution_refunded_revenue_total",
 }
 # Named by the ops issue, to be added to the contract: what the dashboards need beyond it.
 OPS_METRICS = {
     "attribution_new_customers_total",  # {channel,campaign}: CAC = spend / new customers
     "attribution_commission_total",  # {affiliate_id,role}
+    "attribution_commission_reversed_total",  # {affiliate_id,role}: taken back by refunds
     "attribution_consumer_lag",  # {topic,partition} gauge
     "attribution_ltv_clv",  # {channel} gauges from metrics.ltv
     "attribution_ltv_cac",
