@@ -3,9 +3,11 @@
 Each attributed order is remembered, keyed by its `order_id`, for REFUND_WINDOW after its `ts`, as
 one compact list (the value of one table key):
 
-    [order, refunded, ids, pending]
+    [ts, order, refunded, ids, pending]
 
-- `order`: `LedgerOrder.to_row()` (None while only refunds of it are known):
+- `ts`: the order's (None while only refunds of it are known), for the sweep without decoding `order`;
+- `order`: `LedgerOrder.to_row()` as one JSON text (one string object, not a tree of them; it is read
+  only when a refund of the order is judged), None while only refunds are known:
   `[event_id, ts, revenue, margin, customer_id, [channel, campaign, affiliate_id, ...],
     weights (float64, one per credited touch and model, model-major, models in LEDGER_MODELS order, base64),
     [affiliate_id, role, amount, ...]]`;
@@ -22,10 +24,11 @@ refund's own `ts`.
 from __future__ import annotations
 
 import base64
-import sys
 from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import orjson
 
 from streams.config import METRIC_MODELS
 from streams.core.events import Refund
@@ -35,7 +38,7 @@ LEDGER_MODELS = METRIC_MODELS  # the five rules of position, then markov
 UNKNOWN_ORDER = "unknown order_id"
 EXCEEDS_ORDER = "refund exceeds order"
 EPSILON = 1e-9  # money left below this (times the revenue) is nothing: float dust of partial refunds
-ORDER, REFUNDED, IDS, PENDING = range(4)
+ORDER_TS, ORDER, REFUNDED, IDS, PENDING = range(5)
 DICT_SLOT_BYTES = 40  # a key's share of a dict's hash table (entries ~24 B at 2/3 load, plus the index)
 
 Touch = tuple[str, str, str | None]  # channel, campaign, affiliate_id
@@ -56,9 +59,9 @@ class LedgerOrder(NamedTuple):
     def to_row(self) -> list[Any]:
         weights = array("d", [weight for weights in self.weights for weight in weights])
         return [self.event_id, self.ts, self.revenue, self.margin, self.customer_id,
-                [sys.intern(item) if item else item for touch in self.touches for item in touch],
+                [item for touch in self.touches for item in touch],
                 base64.b64encode(weights.tobytes()).decode("ascii"),  # one string, not a float object each
-                [sys.intern(item) if isinstance(item, str) else item for c in self.commissions for item in c]]
+                [item for commission in self.commissions for item in commission]]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> LedgerOrder:
@@ -95,7 +98,11 @@ class LedgerOrder(NamedTuple):
 
 
 def empty_row() -> list[Any]:
-    return [None, 0.0, "", []]
+    return [None, None, 0.0, "", []]
+
+
+def order_of(row: list[Any]) -> LedgerOrder | None:
+    return None if row[ORDER] is None else LedgerOrder.from_row(orjson.loads(row[ORDER]))
 
 
 def remember_order(row: list[Any] | None, order: LedgerOrder) -> tuple[list[Any], bool]:
@@ -103,7 +110,7 @@ def remember_order(row: list[Any] | None, order: LedgerOrder) -> tuple[list[Any]
     row = row or empty_row()
     if row[ORDER] is not None:
         return row, False
-    row[ORDER] = order.to_row()
+    row[ORDER_TS], row[ORDER] = order.ts, orjson.dumps(order.to_row()).decode()
     return row, True
 
 
@@ -131,9 +138,10 @@ class Taken(NamedTuple):
 
 def judge(row: list[Any] | None, refund: Refund, refund_window_ms: int) -> Taken | str:
     """A refund against what the ledger knows of its order: what it takes, or why it is rejected."""
-    if not row or row[ORDER] is None:
+    order = None if not row else order_of(row)
+    if order is None:
         return UNKNOWN_ORDER
-    order_ts, revenue = row[ORDER][1], row[ORDER][2]
+    order_ts, revenue = order.ts, order.revenue
     if refund.ts > order_ts + refund_window_ms:
         return UNKNOWN_ORDER  # forgotten by now: the ledger keeps an order REFUND_WINDOW after its ts
     left = revenue - row[REFUNDED]
@@ -159,7 +167,7 @@ def is_expired(row: list[Any], stream_time: int, refund_window_ms: int) -> bool:
     """Nothing waits and the order (if any) is past REFUND_WINDOW: the row can go."""
     if row[PENDING]:
         return False
-    return row[ORDER] is None or row[ORDER][1] + refund_window_ms < stream_time
+    return row[ORDER_TS] is None or row[ORDER_TS] + refund_window_ms < stream_time
 
 
 class Effects(NamedTuple):
@@ -206,7 +214,5 @@ def refund_effects(order: LedgerOrder, refund: Refund, taken: Taken, model: str,
 
 def ledger_bytes(key: str, row: list[Any]) -> int:
     """The memory one remembered order takes in the in-memory table: its key, its row and the slot of the
-    table's dict, leaving out the channel, campaign and affiliate names (interned: shared by every order)."""
-    names = [*row[ORDER][5], *row[ORDER][7][::3], *row[ORDER][7][1::3]] if row[ORDER] else []
-    shared = frozenset(id(name) for name in names if name)
-    return deep_size(key) + deep_size(row, shared) + DICT_SLOT_BYTES
+    table's dict."""
+    return deep_size(key) + deep_size(row) + DICT_SLOT_BYTES

@@ -33,7 +33,7 @@ import orjson
 from streams.core.events import Refund, from_row
 from streams.core.journeys import SEQ_PER_MESSAGE, GraceQueue, seq_of
 from streams.core.refunds import (
-    ORDER,
+    ORDER_TS,
     PENDING,
     LedgerOrder,
     Taken,
@@ -41,6 +41,7 @@ from streams.core.refunds import (
     has_refund,
     is_expired,
     judge,
+    order_of,
     refund_effects,
     remember_order,
     take,
@@ -190,7 +191,8 @@ class RefundStage:
     def apply(self, partition: int, seq: int, window: int, row: list[Any], refund: Refund, taken: Taken,
               partials: dict[str, Partial]) -> None:
         s, m = self.w.settings, self.w.metrics
-        order = LedgerOrder.from_row(row[ORDER])
+        order = order_of(row)
+        assert order is not None  # judged Taken
         effects = refund_effects(order, refund, taken, s.attribution_model, s.reporting_currency)
         fresh: dict[str, bool] = {}
         for channel, campaign, refunds, refunded, gross_profit in effects.figures:
@@ -252,8 +254,8 @@ class RefundStage:
         for key, row in self.w.order_ledger.data.items():
             partition = self.w.partition_of(key)
             if partition in partitions and row:
-                if row[ORDER] is not None:
-                    self.stream_time = max(self.stream_time, row[ORDER][1])
+                if row[ORDER_TS] is not None:
+                    self.stream_time = max(self.stream_time, row[ORDER_TS])
                 found += [(pending[0], partition, key, pending[1][2]) for pending in row[PENDING]]
         now = time.monotonic()
         for seq, partition, key, ts in sorted(found):
