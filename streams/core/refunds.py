@@ -12,7 +12,7 @@ one compact list (the value of one table key):
     weights (float64, one per credited touch and model, model-major, models in LEDGER_MODELS order, base64),
     [affiliate_id, role, amount, ...]]`;
 - `refunded`: the revenue refunded so far;
-- `ids`: ID_HASH_CHARS of hash per refund `event_id` taken (a repeat is a duplicate);
+- `ids`: ID_HASH_CHARS of hash per refund `event_id` judged, taken or rejected (a repeat is a duplicate);
 - `pending`: `[[seq, refund_row, dlq], ...]`, refunds waiting to be judged (`dlq`: where the input was,
   for the dead-letter message).
 
@@ -147,7 +147,7 @@ def judge(row: list[Any] | None, refund: Refund, refund_window_ms: int) -> Taken
     left = revenue - row[REFUNDED]
     amount = left if refund.amount is None else refund.amount
     tolerance = EPSILON * max(1.0, revenue)
-    if amount > left + tolerance or left <= tolerance and refund.amount is None and row[IDS]:
+    if amount > left + tolerance or left <= tolerance and refund.amount is None and row[REFUNDED] > 0:
         return EXCEEDS_ORDER  # beyond what is left (a second cancellation of a refunded order included)
     amount = min(amount, left)
     share = amount / revenue if revenue else 1.0
@@ -155,11 +155,12 @@ def judge(row: list[Any] | None, refund: Refund, refund_window_ms: int) -> Taken
 
 
 def take(row: list[Any], seq: int, refund: Refund, taken: Taken | None) -> list[Any]:
-    """The row once the pending refund `seq` is judged (`taken` None: rejected, nothing changes but that)."""
+    """The row once the pending refund `seq` is judged (`taken` None: rejected, the order keeps its money).
+    Its id is remembered either way: a repeat of it is a duplicate, not a second dead letter."""
     row[PENDING] = [pending for pending in row[PENDING] if pending[0] != seq]
+    row[IDS] += id_hash(refund.event_id)
     if taken is not None:
         row[REFUNDED] += taken.amount
-        row[IDS] += id_hash(refund.event_id)
     return row
 
 

@@ -60,6 +60,7 @@ class ExpectedRefund:
 class RefundScenario(Scenario):
     refunds: dict[str, ExpectedRefund] = field(default_factory=dict)
     dead: Counter = field(default_factory=Counter)  # error -> refunds that must go to events.dlq
+    ltv: dict[str, list[float]] = field(default_factory=dict)  # channel -> [lifetime revenue, gross profit]
     affiliate_orders: int = 12
 
     def __post_init__(self) -> None:
@@ -73,6 +74,12 @@ class RefundScenario(Scenario):
                     for order in orjson.loads(value):
                         if not order["event_id"].endswith("-reload"):
                             step_of[order["event_id"]], orders[order["event_id"]] = index, order
+        for event_id, order in orders.items():  # every order of a customer, refunds taken off below
+            if order.get("customer_id"):  # a customer's orders share one visitor's path: one acquiring channel
+                expected = self.conversions[event_id]
+                sums = self.ltv.setdefault(expected.credits[0][0], [0.0, 0.0])
+                sums[0] += expected.revenue
+                sums[1] += expected.revenue * order.get("margin", 1.0)
         later: dict[int, list[dict[str, Any]]] = {}
         n = 0
         for event_id, order in sorted(orders.items()):
@@ -111,6 +118,9 @@ class RefundScenario(Scenario):
                                                    commissions)
                 self.add(touch[0], touch[1], ts, revenue=-usd, gross_profit=-usd * margin,
                          refunds=usd / revenue, refunded_revenue=usd)
+                if order.get("customer_id"):
+                    self.ltv[touch[0]][0] -= usd
+                    self.ltv[touch[0]][1] -= usd * margin
 
             self.left[order["order_id"]] = revenue
             shape = rng.choice(("whole", "part", "part+rest", "exceeds+part"))
@@ -120,7 +130,10 @@ class RefundScenario(Scenario):
             elif shape == "exceeds+part":
                 refund(round(revenue * 2 + 1, 2), -1, ts, eur=False)
                 self.dead["refund exceeds order"] += 1
-                refund(10.0, 10.0 * EUR if eur else 10.0, ts + 1, eur=eur)
+                if rng.random() < 0.5:  # a rejected refund sent again: a duplicate, not a second dead letter
+                    refunds.append(dict(refunds[-1]))
+                part = round(order["revenue"] / 3, 2)
+                refund(part, part * EUR if eur else part, ts + 1, eur=eur)
             else:
                 part = round(order["revenue"] * rng.uniform(0.1, 0.6), 2)
                 refund(part, part * EUR if eur else part, ts, eur=eur)
@@ -213,6 +226,20 @@ async def check_dead_letters(bootstrap: str, scenario: RefundScenario) -> list[s
     return [] if found == scenario.dead else [f"dead letters {dict(found)} != {dict(scenario.dead)}"]
 
 
+async def check_lifetime_value(bootstrap: str, scenario: RefundScenario) -> list[str]:
+    """metrics.ltv: every customer's orders on the acquiring channel, less what was refunded of them."""
+    latest = {}
+    for record in await consume_all(bootstrap, "metrics.ltv", timeout=20):
+        latest[record.key.decode()] = orjson.loads(record.value)
+    problems = []
+    for channel, (revenue, gross_profit) in sorted(scenario.ltv.items()):
+        got = latest.get(channel, {})
+        if not (close(got.get("revenue"), revenue) and close(got.get("gross_profit"), gross_profit)):
+            problems.append(f"metrics.ltv {channel}: revenue {got.get('revenue')} != {revenue}, gross_profit "
+                            f"{got.get('gross_profit')} != {gross_profit}")
+    return problems
+
+
 def check_ratios(latest: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     """Ratios use the net figures: aov = net revenue / orders, roas, roi and romi likewise."""
     problems = []
@@ -258,5 +285,10 @@ async def test_refunds_net_every_figure_reverse_commissions_and_stay_exact(
     problems = check_refund_messages(await read_attributions(broker.bootstrap), scenario)
     problems += await check_dead_letters(broker.bootstrap, scenario)
     problems += check_ratios(await read_latest(broker.bootstrap, "metrics.channel"))
-    assert problems == [], "\n".join(problems[:30])
+    for _ in range(20):  # metrics.ltv is published about once a second per channel
+        ltv_problems = await check_lifetime_value(broker.bootstrap, scenario)
+        if not ltv_problems:
+            break
+        await asyncio.sleep(1.0)
+    assert problems + ltv_problems == [], "\n".join((problems + ltv_problems)[:30])
     assert sum(m["refunds"] for m in (await read_latest(broker.bootstrap, "metrics.channel")).values()) > 10

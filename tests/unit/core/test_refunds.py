@@ -151,11 +151,13 @@ def test_a_repeated_refund_event_id_is_a_duplicate_while_waiting_and_once_taken(
     assert row[PENDING] == [] and has_refund(row, "r-1") and not has_refund(row, "r-2")
 
 
-def test_a_rejected_refund_leaves_the_order_as_it_was() -> None:
+def test_a_rejected_refund_leaves_the_order_as_it_was_and_its_repeat_is_a_duplicate() -> None:
     row = ledger()
     add_pending(row, 3, refund(500.0), ["refunds", 0, 3, None, "{}"])
     take(row, 3, refund(500.0), None)
-    assert (row[REFUNDED], row[IDS], row[PENDING]) == (0.0, "", [])
+    assert (row[REFUNDED], row[PENDING]) == (0.0, [])
+    assert has_refund(row, "r-1")
+    assert taken(row, refund(None, "r-2")).amount == 120.0
 
 
 def test_the_converter_gives_back_its_rate_of_a_partial_refund_and_the_assist_fee_stays() -> None:
