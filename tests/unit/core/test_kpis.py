@@ -89,7 +89,7 @@ def test_figures_do_not_add_to_other_tuples() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(parts=st.lists(st.builds(Figures, st.integers(0, 10**6), st.integers(0, 10**6),
-                                *[st.floats(0, 1e6)] * 6), min_size=1, max_size=6))
+                                *[st.floats(0, 1e6)] * 8), min_size=1, max_size=6))
 def test_figures_are_additive_so_partials_sum_in_any_order(parts: list[Figures]) -> None:
     forward, backward = ZERO, ZERO
     for part in parts:

@@ -16,7 +16,6 @@ from streams.core.journeys import GraceQueue
 from streams.core.ltv import Customer, CustomerOrder, absorb, absorb_refund, id_hash
 from streams.core.refunds import (
     EXCEEDS_ORDER,
-    IDS,
     PENDING,
     REFUNDED,
     UNKNOWN_ORDER,
