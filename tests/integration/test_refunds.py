@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import fastjsonschema
 import orjson
 import pytest
 
+from streams.core.events import load_schema
 from tests.integration.reliability_support import (
     EUR,
     S,
@@ -191,6 +193,7 @@ def broker(kafka_broker_factory: Callable[[], KafkaBroker]) -> Iterator[KafkaBro
 
 
 def check_refund_messages(by_key: dict[str, list[dict[str, Any]]], scenario: RefundScenario) -> list[str]:
+    validate = fastjsonschema.compile(load_schema("attribution"))
     problems = []
     mine = {key: messages for key, messages in by_key.items() if key.startswith(f"refund-{scenario.run}")}
     if missing := sorted(scenario.refunds.keys() - mine.keys()):
@@ -200,6 +203,7 @@ def check_refund_messages(by_key: dict[str, list[dict[str, Any]]], scenario: Ref
     for key in sorted(scenario.refunds.keys() & mine.keys()):
         expected = scenario.refunds[key]
         for message in mine[key]:  # a repeat after a crash must say the same
+            validate(message)
             credits = tuple((c["channel"], c["campaign"], c["affiliate_id"]) for c in message["credits"])
             commissions = {(c["affiliate_id"], c["role"]): c["amount"] for c in message["commissions"]}
             ok = (message["type"] == "refund" and message["conversion_id"] == expected.conversion_id
@@ -242,8 +246,10 @@ async def check_lifetime_value(bootstrap: str, scenario: RefundScenario) -> list
 
 def check_ratios(latest: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     """Ratios use the net figures: aov = net revenue / orders, roas, roi and romi likewise."""
+    validate = fastjsonschema.compile(load_schema("metrics"))
     problems = []
     for key, m in latest.items():
+        validate(m)
         expect = {"aov": (m["revenue"], m["orders"]), "roas": (m["revenue"], m["spend"]),
                   "roi": (m["revenue"] - m["spend"], m["spend"]), "romi": (m["gross_profit"] - m["spend"], m["spend"])}
         for name, (num, den) in expect.items():

@@ -7,11 +7,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import fastjsonschema
 import pytest
 
 from streams.config import METRIC_MODELS, MODELS
 from streams.core.attribution import Affiliate, Lookback, Touchpoint, commissions, credits, journey_for
-from streams.core.events import Refund
+from streams.core.events import Refund, load_schema
 from streams.core.journeys import GraceQueue
 from streams.core.ltv import Customer, CustomerOrder, absorb, absorb_refund, id_hash
 from streams.core.refunds import (
@@ -252,3 +253,17 @@ def test_a_refund_lowers_the_customer_s_lifetime_revenue_on_the_acquiring_channe
     assert absorb_refund(after, "r-1", 20.0, 8.0).outcome == "duplicate"
     assert after.has(id_hash("r-1"))
     assert absorb_refund(None, "r-2", 5.0, 1.0).outcome == "late"
+
+
+def test_the_refund_message_follows_the_published_attribution_schema() -> None:
+    validate = fastjsonschema.compile(load_schema("attribution"))
+    row = ledger()
+    r = refund(None)
+    effects = refund_effects(order_of(row), r, taken(row, r), "linear", "USD")
+    validate(effects.message)
+    without_order = {k: v for k, v in effects.message.items() if k != "order_id"}
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        validate(without_order)
+    validate(attribution())  # an order still needs its tracking_id, and has it
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        validate({k: v for k, v in attribution().items() if k != "tracking_id"})
