@@ -35,6 +35,7 @@ from streams.core.journeys import SEQ_PER_MESSAGE, GraceQueue, seq_of
 from streams.core.refunds import (
     ORDER_TS,
     PENDING,
+    UNKNOWN_ORDER,
     LedgerOrder,
     Taken,
     add_pending,
@@ -68,6 +69,11 @@ DUE_INTERVAL_S = 0.1
 SNAPSHOT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 30.0
 MAX_HOLD_S = 60.0  # with no marks at all, a refund waits at most this long for its order
+# An order_id still unknown once the marks have passed the refund is a dead letter only after the refund has
+# waited this long (wall clock) since it arrived: the marks assume each input partition is read in ts order,
+# and an order sent after a later one (or read again after a restart, beside the refunds) may come behind.
+UNKNOWN_WAIT_S = 10.0
+UNKNOWN_RETRY_S = 1.0
 SNAPSHOT_MESSAGE_BYTES = 256 * 1024
 SOURCE_PREFIX = "r"  # the refund partials' source in the metrics stage: r<ledger partition>
 
@@ -101,6 +107,7 @@ class RefundStage:
         self.customer_refunds: dict[int, list[bytes]] = {}
         self.counts = BatchCounts()
         self.outcome = {o: w.metrics.events.labels("refund", o) for o in OUTCOMES}
+        self.arrived: dict[tuple[str, int], float] = {}  # (order_id, seq) -> when the refund was queued
 
     def topic(self) -> str:
         return str(self.w.ledger_topic.get_topic_name())
@@ -140,18 +147,21 @@ class RefundStage:
                 seq = seq_of(offset, position)
                 rows[refund.order_id] = add_pending(row, seq, refund, dlq)
                 self.grace.add(partition, refund.order_id, seq, refund.ts, now)
+                self.arrived.setdefault((refund.order_id, seq), now)
             self.grace.read(partition, offset, now)
         self.w.order_ledger.put_rows({key: row for key, row in rows.items() if row is not None})
         self.counts.apply()
 
     # -- refunds judged once their orders are in -------------------------------------------------
     async def judge_due(self) -> None:
-        ready = self.grace.ready(time.monotonic(), self.w.assigned(self.topic()))
+        now = time.monotonic()
+        ready = self.grace.ready(now, self.w.assigned(self.topic()))
         if not ready:
             return
         s = self.w.settings
         rows: dict[str, list[Any]] = {}
         partials: dict[str, Partial] = {}
+        later: list[tuple[int, str, int, int]] = []  # (partition, order_id, seq, ts) to judge again shortly
         for partition, order_id, seq in ready:
             if order_id not in rows:
                 stored = self.w.order_ledger.row(order_id)
@@ -164,7 +174,14 @@ class RefundStage:
                 continue
             refund = from_row(pending[1])
             assert isinstance(refund, Refund)
+            if later and any(p == partition for p, *_ in later):  # in sequence: after the one put back
+                later.append((partition, order_id, seq, refund.ts))
+                continue
             verdict = judge(row, refund, s.refund_window_ms)
+            if verdict == UNKNOWN_ORDER and now - self.arrived.get((order_id, seq), now) < UNKNOWN_WAIT_S:
+                later.append((partition, order_id, seq, refund.ts))  # its order may be read out of ts order
+                continue
+            self.arrived.pop((order_id, seq), None)
             window = window_start(refund.ts, s.metrics_window_ms)
             if is_closed(window, s.metrics_window_ms, self.stream_time, s.allowed_lateness_ms):
                 self.counts.add(self.outcome["late"])
@@ -177,6 +194,7 @@ class RefundStage:
                 self.counts.add(self.outcome["ok"])
                 self.apply(partition, seq, window, row, refund, verdict, partials)
                 take(row, seq, refund, verdict)
+        self.grace.put_back(later, now, UNKNOWN_RETRY_S)
         self.w.refund_partials.put_rows({key: partial.to_row() for key, partial in partials.items()})
         self.dirty_partials.update(partials)
         # Everything a refund changes is on Kafka before its ledger row forgets it (see the module's note).
@@ -260,6 +278,7 @@ class RefundStage:
         now = time.monotonic()
         for seq, partition, key, ts in sorted(found):
             self.grace.add(partition, key, seq, ts, now)
+            self.arrived.setdefault((key, seq), now)
         for seq, partition, _, _ in sorted(found):
             self.grace.hold(partition, seq // SEQ_PER_MESSAGE)
         if found:
