@@ -108,6 +108,7 @@ class Settings:
     romi_floor: float = 0.0
     romi_scale: float = 1.0
     customer_retention_ms: int = 400 * 86_400_000
+    refund_window_ms: int = 90 * 86_400_000
     fx_rates: Mapping[str, float] = field(default_factory=dict)
     path_timeout_ms: int = 86_400_000
     markov_window_ms: int = 30 * 86_400_000
@@ -164,6 +165,7 @@ class Settings:
             romi_floor=reader.get("ROMI_FLOOR", 0.0, _finite),
             romi_scale=reader.get("ROMI_SCALE", 1.0, _finite),
             customer_retention_ms=reader.get("CUSTOMER_RETENTION", "400d", _positive_duration),
+            refund_window_ms=reader.get("REFUND_WINDOW", "90d", _positive_duration),
             fx_rates={**reader.get("FX_RATES", {}, parse_fx_rates), currency: 1.0},
             path_timeout_ms=reader.get("PATH_TIMEOUT", "1d", _positive_duration),
             markov_window_ms=reader.get("MARKOV_WINDOW", "30d", _positive_duration),

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", default="60s", help="how long to run, e.g. 30s, 5m (default 60s); 0 = forever")
     sim.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     sim.add_argument("--channels", default="", help="comma-separated channel names (default: all)")
+    sim.add_argument("--refunds", type=float, default=0.08,
+                     help="share of orders refunded, some partly, some cancelled (default 0.08; 0: none)")
     sub.choices["demo"].add_argument("--rate", type=float, default=300.0, help="simulated events per second")
     sub.choices["top"].add_argument("--once", action="store_true", help="print one table and exit")
     sub.choices["top"].add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")

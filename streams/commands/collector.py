@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # the batch API's limit: a larger body is 413, nothing produced
 MAX_PIXEL_BODY_BYTES = 16 * 1024  # a beacon carries a handful of short parameters
 PIXEL_TYPES = ("impression", "click", "lead")
-MONEY_TYPES = ("order", "spend")
+MONEY_TYPES = ("order", "spend", "refund")
 TYPE_TOPICS: dict[str, str] = {kind: topic for topic, kind in TOPIC_TYPES.items()}
 TID_COOKIE = "_tid"
 # The tracking_id of a pixel event sent without consent: the schema wants one, the intake drops it, and no
@@ -120,7 +120,7 @@ def pixel_event(params: Mapping[str, str], tracking_id: str, now_ms: int, event_
     kind = (params.get("e") or "").strip()
     if kind in MONEY_TYPES:
         return (
-            f"e={kind} is not accepted by the public pixel: orders and spend carry money and enter only "
+            f"e={kind} is not accepted by the public pixel: orders, spend and refunds carry money and enter only "
             "through POST /v1/events with a write key, or straight on the topics"
         )
     if kind not in PIXEL_TYPES:

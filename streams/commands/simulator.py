@@ -156,6 +156,8 @@ ORDER_DELAY = (2.0, 12.0)
 REPEAT_DELAY_MEAN_S = 40.0  # returning customers come back after ~40 s in the demo's compressed time
 REPEAT_DELAY_RANGE = (8.0, 180.0)
 DUPLICATE_RATE = 0.01
+REFUND_RATE = 0.08  # share of orders refunded (`attribution simulate --refunds`); Campaign's default is none
+REFUND_DELAY_S = (20.0, 240.0)  # order to refund
 MALFORMED_RATE = 0.005
 # Now and then a bot floods the affiliate channel with clicks from one tracking ID (CLICK_FLOOD's prey)
 FLOOD_RATE = 1 / 3_000  # per new visitor
@@ -185,6 +187,7 @@ class Campaign:
         duplicate_rate: float = DUPLICATE_RATE,
         malformed_rate: float = MALFORMED_RATE,
         flood_rate: float = FLOOD_RATE,
+        refund_rate: float = 0.0,
     ) -> None:
         chosen = list(channels) if channels else list(CHANNELS)
         unknown = [c for c in chosen if c not in CHANNELS]
@@ -211,6 +214,10 @@ class Campaign:
         self._malformers = _MALFORMERS
         self._flood_rate = flood_rate
         self._flood_rng = random.Random(seed * 7919 + 1)  # its own: the floods leave the visitors' draws as they were
+        # Refunds draw from a generator of their own, so that the rest of the campaign is the same without them.
+        self._refund_rate = refund_rate
+        self._refund_rng = random.Random(seed * 7919 + 22)
+        self._next_refund = 0
 
     # --- the public surface -------------------------------------------------------------------------
 
@@ -399,6 +406,31 @@ class Campaign:
         if promo is not None:
             body["promo_code"] = promo
         self._schedule(t, now_ms, "orders", body, out)
+        if self._refund_rate and self._refund_rng.random() < self._refund_rate:
+            self._refunds(t, body)
+
+    def _refunds(self, t: int, order: dict[str, Any]) -> None:
+        """A refund of the order some minutes later: a cancellation (no amount), a partial return, or a
+        partial return and later the rest."""
+        rng = self._refund_rng
+        shape = rng.random()
+        t += _ms(rng, REFUND_DELAY_S)
+        if shape < 0.4:
+            self._push(t, "refunds", self._refund(t, order, None, "cancelled"), "event", None, 0.0)
+            return
+        part = round(order["revenue"] * rng.uniform(0.15, 0.7), 2)
+        self._push(t, "refunds", self._refund(t, order, part, "returned"), "event", None, 0.0)
+        if shape >= 0.8:
+            later = t + _ms(rng, REFUND_DELAY_S)
+            self._push(later, "refunds", self._refund(later, order, None, "returned"), "event", None, 0.0)
+
+    def _refund(self, t: int, order: dict[str, Any], amount: float | None, reason: str) -> dict[str, Any]:
+        self._next_refund += 1
+        body: dict[str, Any] = {"event_id": f"r{self._prefix}{self._next_refund}", "type": "refund", "ts": t,
+                                "order_id": order["order_id"], "reason": reason}
+        if amount is not None:
+            body["amount"] = amount
+        return body
 
     def _emit_spend(self, now_ms: int, out: list[SimEvent]) -> None:
         """Spend rows of what each channel/campaign cost since its last row (cents carried over)."""
@@ -587,7 +619,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     bootstrap, owned = resolve_for_producer(settings, "simulate")
     try:
-        return asyncio.run(simulate(bootstrap, settings, args.seed, channels, args.rate, duration_s))
+        return asyncio.run(simulate(bootstrap, settings, args.seed, channels, args.rate, duration_s,
+                                    refund_rate=getattr(args, "refunds", REFUND_RATE)))
     finally:
         if owned is not None:
             owned.stop()
@@ -604,6 +637,7 @@ async def simulate(
     clock: Callable[[], float] = time.time,
     stop: asyncio.Event | None = None,
     out: Any = None,
+    refund_rate: float = 0.0,
 ) -> int:
     """Produce the campaign at `rate` events/s for `duration_s` seconds (0: until SIGINT/SIGTERM or `stop`)."""
     from streams.commands.affiliates import publish
@@ -623,7 +657,7 @@ async def simulate(
     try:
         await publish(producer, affiliates())
         started = clock()
-        campaign = Campaign(seed, channels, int(started * 1000))
+        campaign = Campaign(seed, channels, int(started * 1000), refund_rate=refund_rate)
         progress = Progress(started)
         futures: list[asyncio.Future[Any]] = []
         budget_start, budget_sent = started, 0

@@ -30,7 +30,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 # input topic -> event type its events must have
-TOPIC_TYPES = {"impressions": "impression", "clicks": "click", "leads": "lead", "orders": "order", "spend": "spend"}
+TOPIC_TYPES = {"impressions": "impression", "clicks": "click", "leads": "lead", "orders": "order", "spend": "spend",
+               "refunds": "refund"}
 INPUT_TOPICS = tuple(TOPIC_TYPES)
 
 
@@ -78,9 +79,19 @@ class Spend(NamedTuple):
     amount: float
 
 
-Event = Touch | Lead | Order | Spend
+class Refund(NamedTuple):
+    """A refund of an order (CONTRACT.md section 9); `amount` in the reporting currency, None: the whole order."""
+
+    kind: str  # "r"
+    event_id: str
+    ts: int
+    order_id: str
+    amount: float | None
+
+
+Event = Touch | Lead | Order | Spend | Refund
 Conversion = Lead | Order
-_ROW_TYPES: dict[str, type] = {"i": Touch, "c": Touch, "l": Lead, "o": Order, "s": Spend}
+_ROW_TYPES: dict[str, type] = {"i": Touch, "c": Touch, "l": Lead, "o": Order, "s": Spend, "r": Refund}
 _ROW_SHAPES = {kind: (event_type, len(event_type._fields)) for kind, event_type in _ROW_TYPES.items()}
 # A named tuple built from a plain tuple in C: calling the class binds each field in Python, twice the cost.
 _new_event = tuple.__new__
@@ -234,6 +245,10 @@ def _normalise(kind: str, obj: dict[str, Any], settings: Settings) -> Event:
             obj.get("campaign") or NONE_CAMPAIGN,
             to_reporting(obj["amount"], currency, settings, "amount"),
         )
+    if kind == "refund":
+        amount = obj.get("amount")
+        return Refund("r", obj["event_id"], ts, obj["order_id"],
+                      None if amount is None else to_reporting(amount, currency, settings, "amount"))
     consented = obj.get("consent") is not False
     tracking_id = obj["tracking_id"] if consented else ANONYMOUS
     if kind in ("impression", "click"):

@@ -17,6 +17,8 @@ class Figures(NamedTuple):
     spend: float = 0.0
     gross_profit: float = 0.0
     suspect_clicks: int = 0  # clicks beyond CLICK_FLOOD: not in `clicks`, no touchpoints
+    refunds: float = 0.0  # credit x refunded share of the order (CONTRACT.md section 9); revenue is net of them
+    refunded_revenue: float = 0.0
 
     def __add__(self, other: object) -> Figures:  # type: ignore[override]
         if not isinstance(other, Figures):
@@ -110,4 +112,6 @@ def metrics_message(
         "gross_profit": f.gross_profit,
         "suspect_clicks": int(f.suspect_clicks),
         **{name: kpi(f) for name, kpi in KPIS.items()},
+        "refunds": f.refunds,
+        "refunded_revenue": f.refunded_revenue,
     }

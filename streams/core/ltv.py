@@ -162,6 +162,22 @@ def absorb(customer: Customer | None, order: CustomerOrder, retention_ms: int, r
     return Absorbed("repeat", new, delta)
 
 
+def absorb_refund(customer: Customer | None, refund_id: str, revenue: float, gross_profit: float) -> Absorbed:
+    """A refund of one of the customer's orders (CONTRACT.md section 9): lifetime revenue and gross profit
+    drop on the acquiring channels; `customers` and `orders` stay. Remembered by the hash of the refund's
+    event_id like an order, so a refund read again changes nothing. A customer no longer remembered: late."""
+    if customer is None:
+        return Absorbed("late", None, {})
+    hashed = id_hash(refund_id)
+    if customer.has(hashed):
+        return Absorbed("duplicate", None, {})
+    new = customer._replace(revenue=customer.revenue - revenue, gross_profit=customer.gross_profit - gross_profit,
+                            ids=customer.ids + hashed)
+    delta = {channel: [0.0, 0.0, 0.0, -weight * revenue, -weight * gross_profit]
+             for channel, weight in customer.acquisition}
+    return Absorbed("repeat", new, delta)
+
+
 def _first_life(order: CustomerOrder, hashed: str, past: Sums | None) -> Customer:
     return Customer(order.ts, order.event_id, order.credits, 1, order.revenue, order.gross_profit, order.ts, hashed,
                     past or None)

@@ -18,7 +18,8 @@ from typing import Any
 from streams.core.kpis import Figures
 
 FIGURE_COUNT = len(Figures._fields)
-IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT, SUSPECT_CLICKS = range(FIGURE_COUNT)
+(IMPRESSIONS, CLICKS, LEADS, ORDERS, NEW_CUSTOMERS, REVENUE, SPEND, GROSS_PROFIT, SUSPECT_CLICKS, REFUNDS,
+ REFUNDED_REVENUE) = range(FIGURE_COUNT)
 WHOLE_COUNTS = frozenset((IMPRESSIONS, CLICKS, SUSPECT_CLICKS))  # events, not credit: published as integers
 
 
@@ -44,10 +45,11 @@ class Partial:
     def from_row(cls, row: list[Any] | None) -> Partial:
         if not row:
             return cls()
-        for figures in row[2].values():
-            if len(figures) < FIGURE_COUNT:  # written before a figure was added: it was 0 then
+        partial = cls(*row)
+        for figures in partial.campaigns.values():  # a row written before figures were added (suspect clicks, refunds)
+            if len(figures) < FIGURE_COUNT:
                 figures.extend([0.0] * (FIGURE_COUNT - len(figures)))
-        return cls(*row)
+        return partial
 
     def add(self, campaign: str, index: int, amount: float) -> None:
         figures = self.campaigns.get(campaign)

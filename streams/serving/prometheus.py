@@ -109,12 +109,18 @@ class WorkerMetrics:
         self.revenue = counter("attribution_revenue_total", "Attributed revenue, reporting currency")
         self.spend = counter("attribution_spend_total", "Spend (spend reports plus per-event cost)")
         self.gross_profit = counter("attribution_gross_profit_total", "Attributed gross profit (revenue x margin)")
+        self.refunds = counter("attribution_refunds_total", "Refunded order credit (credit x refunded share)")
+        self.refunded_revenue = counter("attribution_refunded_revenue_total", "Refunded revenue by credit")
         self.commissions = Counter(
             "attribution_commission_total", "Commissions owed", ("affiliate_id", "role"), registry=registry
         )
         self.suspect = Counter(
             "attribution_suspect_total", "Clicks kept from credit by a fraud guard (CLICK_FLOOD, MIN_CLICK_GAP)",
             ("channel", "reason"), registry=registry,
+        )
+        self.commission_reversals = Counter(
+            "attribution_commission_reversed_total", "Commissions reversed by refunds", ("affiliate_id", "role"),
+            registry=registry,
         )
         self.events = Counter(
             "attribution_events_total", "Input events by type and outcome", ("type", "outcome"), registry=registry

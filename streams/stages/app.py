@@ -30,7 +30,7 @@ from streams.kafka.topics import (
 from streams.serving.prometheus import WorkerMetrics
 from streams.serving.pushgateway import Pusher
 from streams.serving.store import Claims, Store
-from streams.stages import erasure, intake, journeys, ltv, markov, metrics, signals, web
+from streams.stages import erasure, intake, journeys, ltv, markov, metrics, refunds, signals, web
 from streams.stages.claims import TableClaims
 from streams.stages.topology import (
     APP_ID,
@@ -38,6 +38,7 @@ from streams.stages.topology import (
     ERASURES_TOPIC,
     FETCH_MAX_WAIT_MS,
     JOURNEY_TOPIC,
+    LEDGER_TOPIC,
     LTV_PARTIALS_TOPIC,
     MARKOV_PARTIALS_TOPIC,
     PARTIALS_TOPIC,
@@ -103,10 +104,13 @@ def build(
     wiring.erasure_requests = app.topic(ERASURE_REQUESTS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.erasure_topic = app.topic(ERASURES_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.erasure_log = app.topic(ERASURE_LOG_TOPIC, partitions=n)
-    wiring.dlq = app.topic(DLQ_TOPIC, partitions=n)
     wiring.erasure_links = _table(app, settings, "erasure-links", erasure.link_key_partition(wiring.partition_of))
     wiring.erasure_ledger = _table(app, settings, "erasures", wiring.partition_of)
     wiring.erasers = erasure.Erasers()
+    wiring.ledger_topic = app.topic(LEDGER_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
+    wiring.order_ledger = _table(app, settings, "order-ledger", wiring.partition_of)
+    wiring.refund_partials = _table(app, settings, "refund-partials", lambda key: int(key.split("|", 1)[0]))
+    wiring.dlq = app.topic(DLQ_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.affiliates = AffiliateDirectory(bootstrap)
     app.service(wiring.affiliates)
     if settings.prometheus_pushgateway:
@@ -135,6 +139,7 @@ def build(
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
         intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
+    refunds.register(wiring)
     if settings.markov_stage:
         markov.register(wiring)
     metrics.register(wiring)

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.config import Settings
-from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, Spend, parse_message
+from streams.core.events import INPUT_TOPICS, TOPIC_TYPES, Refund, Spend, parse_message
 from streams.core.journeys import SEQ_PER_MESSAGE, anonymous_key, spend_key
 from streams.core.watermarks import NOTHING_READ, TouchProgress
 from streams.kafka.topics import DLQ_TOPIC
@@ -46,6 +46,7 @@ from streams.stages.topology import (
     APP_ID,
     FETCH_MAX_WAIT_MS,
     JOURNEY_TOPIC,
+    LEDGER_TOPIC,
     PRODUCER_BATCH_BYTES,
     Wiring,
     instance_name,
@@ -111,6 +112,7 @@ class Intake:
     async def handle(self, fetched: Mapping[TopicPartition, list[Any]]) -> None:
         """One read: the records of each input partition, in offset order."""
         routed: dict[int, list[list[Any]]] = defaultdict(list)
+        refunds: dict[int, list[list[Any]]] = defaultdict(list)
         read: list[tuple[TopicPartition, int, int | None]] = []
         newest = None  # the highest event time routed
         settings, partition_of = self.w.settings, self.w.partition_of
@@ -123,6 +125,9 @@ class Intake:
                     dead = dlq_record(rejection.error, topic, tp.partition, record.offset, rejection.index,
                                       record.value)
                     await self.produce(DLQ_TOPIC, dead)
+                if topic == "refunds":
+                    self.route_refunds(tp, record, valid, {r.index for r in rejections}, refunds)
+                    valid = []
                 for item in valid:
                     key = route_key(item)
                     routed[partition_of(key)].append([key, list(item)])
@@ -135,11 +140,32 @@ class Intake:
         for partition, items in routed.items():
             for start in range(0, len(items), SEQ_PER_MESSAGE):
                 await self.send(partition, self.mark, items[start : start + SEQ_PER_MESSAGE])
+        for partition, items in refunds.items():
+            for start in range(0, len(items), SEQ_PER_MESSAGE):
+                value = orjson.dumps({"src": self.source, "mx": self.stream_time,
+                                      "r": items[start : start + SEQ_PER_MESSAGE]})
+                await self.produce(LEDGER_TOPIC, value, partition)
         # Counted as read only once sent: a heartbeat must never overtake the events it vouches for.
         for tp, offset, max_ts in read:
             self.progress.saw(tp, offset, max_ts)
         if newest is not None:
             self.stream_time = max(self.stream_time, min(newest, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
+
+    def route_refunds(self, tp: TopicPartition, record: Any, valid: list[Any], rejected: set[int | None],
+                      out: dict[int, list[list[Any]]]) -> None:
+        """Refunds go to the order ledger, on the partition of their order_id (streams.stages.refunds), each
+        with where it came from and its own text, for a dead letter if its order turns out unknown."""
+        value = orjson.loads(record.value)
+        if isinstance(value, list):
+            indexes: list[int | None] = [i for i in range(len(value)) if i not in rejected]
+            texts = [orjson.dumps(value[i]).decode() for i in indexes if i is not None]
+        else:
+            indexes, texts = [None], [record.value.decode("utf-8", errors="replace")]
+        for refund, index, text in zip(valid, indexes, texts, strict=True):
+            assert isinstance(refund, Refund)
+            out[self.w.partition_of(refund.order_id)].append(
+                [list(refund), [tp.topic, tp.partition, record.offset, index, text]])
+            self.stream_time = max(self.stream_time, min(refund.ts, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
 
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
         value = orjson.dumps({"src": self.source, "wm": watermark, "own": self.owned, "mx": self.stream_time,

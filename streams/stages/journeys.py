@@ -38,6 +38,7 @@ from streams.core.journeys import (
     row_facts,
     seq_of,
 )
+from streams.core.refunds import LedgerOrder
 from streams.core.watermarks import SourceWatermarks
 from streams.core.windows import (
     CLICKS,
@@ -71,6 +72,7 @@ SWEEP_INTERVAL_S = 30.0
 # once stalled the worker and its SIGTERM for minutes and took 3.7 GB (bench/memory_bound.py, 1,000,000 journeys
 # expiring at once, when tombstones went through Faust's producer buffer). Each chunk is sent and flushed.
 SWEEP_CHUNK = 2_000
+MARKS_INTERVAL_S = 0.2  # how often the order ledger hears how far orders are attributed
 SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
@@ -117,6 +119,8 @@ class JourneyStage:
         self.grace = GraceQueue(grace_s, max(MAX_HOLD_S, 5 * grace_s), self.sources)
         self.dirty_partials: set[str] = set()
         self.customer_orders: dict[int, list[bytes]] = {}  # partition -> orders for the lifetime-value stage
+        self.ledger_entries: dict[int, list[bytes]] = {}  # ledger partition -> attributed orders (refunds stage)
+        self.marks_sent_at = 0.0
         self.store_down_since: float | None = None
         m = w.metrics
         self.outcome = {(k, o): m.events.labels(name, o) for k, name in TYPE_NAMES.items() for o in OUTCOMES}
@@ -326,6 +330,7 @@ class JourneyStage:
     async def _attribute_due(self) -> None:
         ready = self.grace.ready(time.monotonic(), self.w.assigned(self.w.journey_events.get_topic_name()))
         if not ready:
+            await self.send_marks()
             return
         conversions, not_first = self.load_conversions(ready)
         try:
@@ -343,10 +348,44 @@ class JourneyStage:
         erasure = getattr(self.w, "state", {}).get("erasure")  # streams.stages.erasure.ErasureStage: the links it keeps
         if erasure is not None:
             await erasure.send_links()
+        await self.send_ledger_entries()
         await self.w.claims.written()
         await self.w.app.producer.flush()
         self.forget_pending(done)
         await self.w.journeys.send_changes()
+        await self.send_marks()
+
+    async def send_ledger_entries(self) -> None:
+        """The attributed orders for the order ledger (streams.stages.refunds), on the partition of their
+        order_id, as arrays; at least once (the ledger keeps an order_id's first entry)."""
+        for partition in list(self.ledger_entries):
+            for array in json_arrays(self.ledger_entries[partition], SNAPSHOT_MESSAGE_BYTES):
+                await self.w.ledger_topic.send(value=b'{"o":' + array + b"}", partition=partition)
+            del self.ledger_entries[partition]
+
+    async def send_marks(self) -> None:
+        """Tell every ledger partition up to which event time each journey partition of this worker has
+        attributed its orders and sent them to the ledger: the touchpoint-and-order watermark, held below
+        the oldest conversion still waiting. Only between two passes of `attribute_due`, when no attributed
+        order is unsent. A partition held after recovery, or that no intake reported on yet, claims nothing."""
+        now = time.monotonic()
+        if now - self.marks_sent_at < MARKS_INTERVAL_S:
+            return
+        self.marks_sent_at = now
+        marks = []
+        for partition in sorted(self.w.assigned(self.w.journey_events.get_topic_name())):
+            watermark = self.sources.watermark(partition, now)
+            if watermark is None or partition in self.grace.held:
+                continue
+            waiting = self.grace.waiting.get(partition)
+            if waiting:
+                watermark = min(watermark, min(item[4] for item in waiting) - 1)
+            marks.append([partition, watermark])
+        if not marks:
+            return
+        value = orjson.dumps({"m": marks, "mx": self.stream_time})
+        for partition in range(self.w.settings.topic_partitions):
+            await self.w.ledger_topic.send(value=value, partition=partition)
 
     def load_conversions(
         self, ready: list[tuple[int, str, int]]
@@ -416,6 +455,10 @@ class JourneyStage:
                 erasure.note_conversion(key, conversion.event_id, conversion.customer_id, conversion.ts)
             self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
             self.count_commissions(message["commissions"])
+            if isinstance(conversion, Order):
+                entry = [conversion.order_id, LedgerOrder.from_attribution(message).to_row()]
+                self.ledger_entries.setdefault(self.w.partition_of(conversion.order_id), []).append(
+                    orjson.dumps(entry))
             if isinstance(conversion, Order) and conversion.customer_id and self.w.settings.ltv_stage:
                 self.send_customer_order(partition, seq, conversion, message)
             self.lags.append(max(0.0, time.time() * 1000 - conversion.ts) / 1000)

@@ -34,6 +34,7 @@ from streams.core.ltv import (
     Spend,
     Sums,
     absorb,
+    absorb_refund,
     add_sums,
     ltv_message,
     row_contribution,
@@ -93,13 +94,17 @@ class CustomerStage:
 
     def absorb_order(self, partition: int, customer_id: str, record: dict[str, Any],
                      loaded: dict[str, Customer | None], changed: set[str]) -> None:
-        order = CustomerOrder.from_record(record)
-        self.watermarks[partition] = max(self.watermarks.get(partition, 0), order.ts)
         key = customer_key(partition, customer_id)
         if key not in loaded:
             row = self.table.get(key)
             loaded[key] = Customer.from_row(row) if row else None
-        result = absorb(loaded[key], order, self.retention_ms, self.retired.get(partition, 0))
+        if record.get("refund"):  # a refund of one of the customer's orders (streams.stages.refunds)
+            result = absorb_refund(loaded[key], str(record["event_id"]), float(record["revenue"]),
+                                   float(record["gross_profit"]))
+        else:
+            order = CustomerOrder.from_record(record)
+            self.watermarks[partition] = max(self.watermarks.get(partition, 0), order.ts)
+            result = absorb(loaded[key], order, self.retention_ms, self.retired.get(partition, 0))
         self.outcomes[result.outcome] += 1
         if result.customer is None:
             return

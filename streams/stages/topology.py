@@ -17,6 +17,11 @@
                                   │ ltv channels: + cumulative spend from metrics.channel
                                   ▼
                  metrics.ltv   (+ the store for GET /api/v1/ltv)
+ journeys, intake (refunds) ──► attribution-order-ledger (by order_id)
+                                  │ order ledger: refunds judged against the attributed orders
+                                  ├──► attributions, events.dlq, attribution-customer-orders (lifetime value)
+                                  ▼
+                 attribution-metric-partials (refund partials, source r<partition>)
  journeys ──► attribution-markov-partials (paths per visitor -> counts per partition; all on partition 0)
                                   │ markov chain: removal effects, at most every MARKOV_INTERVAL
                                   ▼
@@ -54,14 +59,15 @@ CUSTOMER_ORDERS_TOPIC = "attribution-customer-orders"
 LTV_PARTIALS_TOPIC = "attribution-ltv-partials"
 MARKOV_PARTIALS_TOPIC = "attribution-markov-partials"
 ERASURES_TOPIC = "attribution-erasures"
+LEDGER_TOPIC = "attribution-order-ledger"
 FETCH_MAX_WAIT_MS = 10
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
 TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims",
-          "markov-paths", "markov-chain", "erasure-links", "erasures")
+          "markov-paths", "markov-chain", "erasure-links", "erasures", "order-ledger", "refund-partials")
 # Created before Faust starts: a producer's first send must never auto-create one of these with the
 # broker's default partition count (Tansu's is 4), or routing by key would name missing partitions.
 INTERNAL_TOPICS = (JOURNEY_TOPIC, PARTIALS_TOPIC, CUSTOMER_ORDERS_TOPIC, LTV_PARTIALS_TOPIC, MARKOV_PARTIALS_TOPIC,
-                   ERASURES_TOPIC)
+                   ERASURES_TOPIC, LEDGER_TOPIC)
 CHANGELOG_TOPICS = tuple(f"{APP_ID}-{table}-changelog" for table in TABLES)
 # Tables keyed like these topics find a key's partition with TOPIC_PARTITIONS: they must have that many.
 CO_PARTITIONED_TOPICS = INTERNAL_TOPICS + CHANGELOG_TOPICS + (METRICS_CHANNEL_TOPIC, METRICS_CAMPAIGN_TOPIC)
@@ -107,8 +113,11 @@ class Wiring:
     erasure_log: Any = None
     erasure_links: Any = None
     erasure_ledger: Any = None
-    dlq: Any = None
     erasers: Any = None  # streams.stages.erasure.Erasers: every store that holds an identifier registers there
+    ledger_topic: Any = None  # refunds (section 9): stages/refunds.py
+    order_ledger: Any = None
+    refund_partials: Any = None
+    dlq: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
     def partition_of(self, key: str) -> int:

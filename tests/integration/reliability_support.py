@@ -47,7 +47,7 @@ S = 1_000  # ms per second
 WINDOW_MS = 60_000
 EUR = 1.1
 FIGURES = ("impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit",
-           "suspect_clicks")
+           "suspect_clicks", "refunds", "refunded_revenue")
 TOPIC_OF = {"impression": "impressions", "click": "clicks", "lead": "leads", "order": "orders", "spend": "spend"}
 TYPE_OF = {topic: kind for kind, topic in TOPIC_OF.items()}
 CAMPAIGNS = {

@@ -40,11 +40,14 @@ CONTRACT_METRICS = {
     "attribution_signal",
     "attribution_suspect_total",  # {channel,reason}: section 9's fraud guards
     "attribution_collector_bots_total",  # the collector's bot filter
+    "attribution_refunds_total",  # section 9, {channel,campaign}
+    "attribution_refunded_revenue_total",
 }
 # Named by the ops issue, to be added to the contract: what the dashboards need beyond it.
 OPS_METRICS = {
     "attribution_new_customers_total",  # {channel,campaign}: CAC = spend / new customers
     "attribution_commission_total",  # {affiliate_id,role}
+    "attribution_commission_reversed_total",  # {affiliate_id,role}: taken back by refunds
     "attribution_consumer_lag",  # {topic,partition} gauge
     "attribution_ltv_clv",  # {channel} gauges from metrics.ltv
     "attribution_ltv_cac",

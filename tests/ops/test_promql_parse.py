@@ -191,6 +191,8 @@ def _synthetic_metrics(end: float) -> str:
                     ("attribution_revenue_total", clicks * order_rate * aov),
                     ("attribution_gross_profit_total", clicks * order_rate * aov * 0.4),
                     ("attribution_spend_total", clicks * cpc),
+                    ("attribution_refunds_total", clicks * order_rate * 0.05),
+                    ("attribution_refunded_revenue_total", clicks * order_rate * aov * 0.05),
                 ):
                     add(metric, labels, lambda s, r=per_s * part: r * s)
             add("attribution_ltv_clv", {**job, "channel": channel}, lambda _, a=CHANNELS[channel][5]: 1.8 * a)

@@ -212,7 +212,7 @@ SPEND = {"event_id": "s-1", "type": "spend", "ts": NOW, "channel": "tiktok", "am
 
 def test_every_type_routes_to_its_topic():
     assert TYPE_TOPICS == {"impression": "impressions", "click": "clicks", "lead": "leads", "order": "orders",
-                           "spend": "spend"}
+                           "spend": "spend", "refund": "refunds"}
 
 
 def test_valid_order_routes_to_orders_keyed_by_tracking_id():

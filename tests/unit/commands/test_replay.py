@@ -64,7 +64,7 @@ def test_a_line_that_is_not_json_but_names_its_type_is_sent_as_is_and_reported()
 
 
 def test_lines_whose_topic_cannot_be_told_are_reported_with_their_line_numbers() -> None:
-    lines = [line("click", 1), b"not json at all", orjson.dumps({"type": "refund", "ts": 1}),
+    lines = [line("click", 1), b"not json at all", orjson.dumps({"type": "return", "ts": 1}),
              orjson.dumps({"event_id": "x"}), b"42", orjson.dumps({"type": 7})]
     batches, grouper = group_lines(lines)
     assert sum(b.count for b in batches) == 1
@@ -72,7 +72,7 @@ def test_lines_whose_topic_cannot_be_told_are_reported_with_their_line_numbers()
                                                            (6, False)]
     errors = [p.error for p in grouper.problems]
     assert "no known type" in errors[0]
-    assert 'unknown type "refund"' in errors[1]
+    assert 'unknown type "return"' in errors[1]
     assert 'no "type" field' in errors[2]
     assert "expected an event object, got int 42" in errors[3]
     assert "unknown type 7" in errors[4]

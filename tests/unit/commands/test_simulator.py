@@ -98,7 +98,8 @@ def test_malformed_events_are_rejected_and_about_half_a_percent() -> None:
     malformed = events_of("malformed")
     assert all(isinstance(validate(e.body, e.topic, SETTINGS), str) for e in malformed)
     assert 0.002 < len(malformed) / len(five_minutes()) < 0.01
-    assert {e.topic for e in malformed} == set(INPUT_TOPICS)  # the dead-letter topic sees every kind
+    # the dead-letter topic sees every kind the campaign sends without refunds (whose rejections are the ledger's)
+    assert {e.topic for e in malformed} == set(INPUT_TOPICS) - {"refunds"}
 
 
 def test_about_one_percent_is_sent_twice() -> None:
@@ -304,3 +305,35 @@ def test_now_and_then_a_bot_floods_the_affiliate_channel_with_clicks_from_one_tr
 
 def test_without_floods_no_tracking_id_clicks_more_than_a_few_times() -> None:
     assert max(clicks_per_tracking_id(Campaign(seed=4, start_ms=START, flood_rate=0.0)).values()) < 10
+
+
+@cache
+def five_minutes_with_refunds() -> tuple[tuple[int, SimEvent], ...]:
+    return tuple(drive(Campaign(seed=11, start_ms=START, refund_rate=0.08), SECONDS, RATE))
+
+
+def test_without_refunds_the_campaign_is_what_it_was_and_sends_none() -> None:
+    assert not [e for _, e in five_minutes() if e.topic == "refunds"]
+    with_refunds = [(t, e) for t, e in five_minutes_with_refunds() if e.topic != "refunds"]
+    plain = list(five_minutes())
+    # The refunds draw from a generator of their own: the orders before the first refund is due are the same.
+    first_refund = min(t for t, e in five_minutes_with_refunds() if e.topic == "refunds")
+    assert [x for x in with_refunds if x[0] < first_refund] == [x for x in plain if x[0] < first_refund]
+
+
+def test_about_eight_percent_of_orders_are_refunded_some_partly_some_cancelled() -> None:
+    campaign = Campaign(seed=11, start_ms=START, refund_rate=0.08)
+    sent = [e for _, e in drive(campaign, SECONDS, RATE)]
+    sent += campaign.step(START + SECONDS * 1000 + 3_600_000, 0)  # what was still due: refunds come minutes later
+    events = [e for e in sent if e.kind == "event"]
+    orders = {e.body["order_id"]: e.body for e in events if e.topic == "orders"}
+    refunds = [e.body for e in events if e.topic == "refunds"]
+    assert all(not isinstance(validate(r, "refunds", SETTINGS), str) for r in refunds)
+    refunded = {r["order_id"] for r in refunds if r["order_id"] in orders}
+    assert 0.05 < len(refunded) / len(orders) < 0.11
+    cancellations = [r for r in refunds if "amount" not in r]
+    partial = [r for r in refunds if "amount" in r]
+    assert cancellations and partial
+    assert all(0 < r["amount"] < orders[r["order_id"]]["revenue"] for r in partial if r["order_id"] in orders)
+    assert all(r["ts"] > orders[r["order_id"]]["ts"] for r in refunds if r["order_id"] in orders)
+    assert len({r["event_id"] for r in refunds}) == len(refunds)

@@ -17,6 +17,7 @@ from streams.core.events import (
     TOPIC_TYPES,
     Lead,
     Order,
+    Refund,
     Rejection,
     Spend,
     Touch,
@@ -37,13 +38,16 @@ CLICK = {"event_id": "c1", "type": "click", "ts": TS, "tracking_id": "t1", "chan
 LEAD = {"event_id": "l1", "type": "lead", "ts": TS, "tracking_id": "t1"}
 ORDER = {"event_id": "o1", "type": "order", "ts": TS, "tracking_id": "t1", "order_id": "A-1", "revenue": 120.0}
 SPEND = {"event_id": "s1", "type": "spend", "ts": TS, "channel": "google_ads", "amount": 50.0}
-VALID = {"impressions": IMPRESSION, "clicks": CLICK, "leads": LEAD, "orders": ORDER, "spend": SPEND}
+REFUND = {"event_id": "r1", "type": "refund", "ts": TS, "order_id": "o-1", "amount": 40.0, "currency": "USD",
+          "reason": "returned"}
+VALID = {"impressions": IMPRESSION, "clicks": CLICK, "leads": LEAD, "orders": ORDER, "spend": SPEND, "refunds": REFUND}
 REQUIRED = {
     "impressions": ("event_id", "type", "ts", "tracking_id", "channel"),
     "clicks": ("event_id", "type", "ts", "tracking_id", "channel"),
     "leads": ("event_id", "type", "ts", "tracking_id"),
     "orders": ("event_id", "type", "ts", "tracking_id", "order_id", "revenue"),
     "spend": ("event_id", "type", "ts", "channel", "amount"),
+    "refunds": ("event_id", "type", "ts", "order_id"),
 }
 REQUIRED_CASES = [(topic, name) for topic, names in REQUIRED.items() for name in names]
 REQUIRED_STRINGS = [
@@ -506,7 +510,7 @@ def test_any_json_value_in_any_field_is_either_an_event_or_a_rejection_never_an_
     value: Any, topic: str, field: str
 ) -> None:
     result = validate({**VALID[topic], field: value}, topic, FX)
-    assert isinstance(result, str | Touch | Lead | Order | Spend)
+    assert isinstance(result, str | Touch | Lead | Order | Spend | Refund)
     if isinstance(result, str):
         assert result
 

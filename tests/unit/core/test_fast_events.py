@@ -29,6 +29,8 @@ VALID = {
     "order": {"event_id": "o-1", "type": "order", "ts": TS, "tracking_id": "t-1", "order_id": "A-1", "revenue": 50,
               "margin": 0.4, "promo_code": "ANNA10", "customer_id": "cust", "currency": "USD"},
     "spend": {"event_id": "s-1", "type": "spend", "ts": TS, "channel": "tiktok", "campaign": "ugc", "amount": 12.5},
+    "refund": {"event_id": "r-1", "type": "refund", "ts": TS, "order_id": "A-1", "amount": 20, "currency": "EUR",
+               "reason": "returned"},
 }
 
 

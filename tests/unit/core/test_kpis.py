@@ -88,8 +88,8 @@ def test_figures_do_not_add_to_other_tuples() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(st.builds(Figures, st.integers(0, 10**6), st.integers(0, 10**6),
-                                *[st.floats(0, 1e6)] * 6), min_size=1, max_size=6))
+@given(parts=st.lists(st.builds(Figures, st.integers(0, 10**6), st.integers(0, 10**6), *[st.floats(0, 1e6)] * 6,
+                                st.integers(0, 10**6), *[st.floats(0, 1e6)] * 2), min_size=1, max_size=6))
 def test_figures_are_additive_so_partials_sum_in_any_order(parts: list[Figures]) -> None:
     forward, backward = ZERO, ZERO
     for part in parts:
@@ -107,6 +107,7 @@ def test_a_metrics_message_has_the_contract_fields_in_order() -> None:
         "channel", "campaign", "window_start", "window_end", "final",
         "impressions", "clicks", "leads", "orders", "new_customers", "revenue", "spend", "gross_profit",
         "suspect_clicks", "ctr", "cpc", "cpm", "cpl", "cpa", "cac", "conversion_rate", "aov", "roas", "roi", "romi",
+        "refunds", "refunded_revenue",
     ]
 
 

@@ -67,6 +67,7 @@ CONTRACT_FIELDS = {
     "order": {"event_id", "type", "ts", "tracking_id", "consent", "order_id", "revenue", "currency", "promo_code",
               "margin", "customer_id"},
     "spend": {"event_id", "type", "ts", "channel", "campaign", "amount", "currency"},
+    "refund": {"event_id", "type", "ts", "order_id", "amount", "currency", "reason"},
 }
 CONTRACT_REQUIRED = {
     "impression": {"event_id", "type", "ts", "tracking_id", "channel"},
@@ -74,6 +75,7 @@ CONTRACT_REQUIRED = {
     "lead": {"event_id", "type", "ts", "tracking_id"},
     "order": {"event_id", "type", "ts", "tracking_id", "order_id", "revenue"},
     "spend": {"event_id", "type", "ts", "channel", "amount"},
+    "refund": {"event_id", "type", "ts", "order_id"},
 }
 
 

@@ -205,7 +205,7 @@ def test_a_partial_written_before_suspect_clicks_existed_reads_as_zero_of_them()
     earlier = [3, 4, {"brand": [10.0, 2.0, 0.0, 1.0, 0.0, 50.0, 5.0, 40.0]}]  # eight figures, as before section 9
     partial = Partial.from_row(orjson.loads(orjson.dumps(earlier)))
     partial.add("brand", SUSPECT_CLICKS, 1)
-    assert partial.campaigns["brand"] == [10.0, 2.0, 0.0, 1.0, 0.0, 50.0, 5.0, 40.0, 1.0]
+    assert partial.campaigns["brand"] == [10.0, 2.0, 0.0, 1.0, 0.0, 50.0, 5.0, 40.0, 1.0, 0.0, 0.0]
 
 
 def test_suspect_clicks_sum_as_a_whole_count() -> None:
