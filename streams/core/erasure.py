@@ -20,6 +20,7 @@ Links, kept only for erasure, no longer than `CUSTOMER_RETENTION` after the newe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import fastjsonschema
@@ -135,18 +136,28 @@ def expired_ledger(row: dict[str, Any] | None, now: int, deadline_ms: int) -> bo
 
 
 # -- links: what erasure needs to find a visitor's other rows ---------------------------------------------
-# A row is [expires_at_ms (event time), [values...]]: newest last, at most MAX_LINKS.
+# A row is [expires_at_ms (event time), [values...]] or, for a customer whose orders the order ledger holds,
+# [expires_at_ms, [tracking IDs...], [order IDs...]]: newest last, at most MAX_LINKS of each.
 
 
-def link(row: list[Any] | None, values: list[str], expires_at: int) -> list[Any] | None:
-    """The row with `values` added (each once); None when nothing changed (no write)."""
+def link(row: list[Any] | None, values: list[str], expires_at: int, orders: Sequence[str] = ()) -> list[Any] | None:
+    """The row with `values` (and `orders`) added, each once; None when nothing changed (no write)."""
     if row is None:
         row = [0, []]
-    known = row[1]
+    known, known_orders = row[1], row[2] if len(row) > 2 else []
     new = [v for v in dict.fromkeys(values) if v not in known]
-    if not new and expires_at <= row[0]:
+    new_orders = [o for o in dict.fromkeys(orders) if o not in known_orders]
+    if not new and not new_orders and expires_at <= row[0]:
         return None
-    return [max(row[0], expires_at), (known + new)[-MAX_LINKS:]]
+    updated = [max(row[0], expires_at), (known + new)[-MAX_LINKS:]]
+    if known_orders or new_orders:
+        updated.append((known_orders + new_orders)[-MAX_LINKS:])
+    return updated
+
+
+def linked_orders(row: list[Any] | None) -> list[str]:
+    """The order IDs a customer's link row names (the order ledger's keys)."""
+    return list(row[2]) if row and len(row) > 2 else []
 
 
 def link_expired(row: list[Any] | None, stream_time: int) -> bool:

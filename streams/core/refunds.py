@@ -114,6 +114,17 @@ def remember_order(row: list[Any] | None, order: LedgerOrder) -> tuple[list[Any]
     return row, True
 
 
+def without_customer(row: list[Any] | None) -> list[Any] | None:
+    """The ledger row with its order's customer_id removed (erasure, CONTRACT.md section 10); None when it names
+    none. A refund of the order still works; it no longer lowers a customer's lifetime value."""
+    order = None if not row else order_of(row)
+    if order is None or order.customer_id is None:
+        return None
+    erased = list(row)  # type: ignore[arg-type]
+    erased[ORDER] = orjson.dumps(order._replace(customer_id=None).to_row()).decode()
+    return erased
+
+
 def has_refund(row: list[Any] | None, event_id: str) -> bool:
     """The refund was taken, or is waiting: a repeat of it is a duplicate."""
     if not row:
@@ -207,7 +218,6 @@ def refund_effects(order: LedgerOrder, refund: Refund, taken: Taken, model: str,
         "credits": credit_json(order.credits(model)),
         "commissions": [{"affiliate_id": a, "role": role, "amount": back} for a, role, back in reversed_],
         "models": {m: credit_json(order.credits(m)) for m in LEDGER_MODELS},
-        "customer_id": order.customer_id,
         "full": taken.full,
     }
     return Effects(figures, reversed_, message, amount * order.margin)

@@ -47,6 +47,7 @@ from streams.core.erasure import (
     ledger_report,
     link,
     link_expired,
+    linked_orders,
     overdue,
     parse_request,
     part_id,
@@ -95,19 +96,21 @@ class ErasureStage:
         self.in_flight: set[str] = set()  # request ids whose confirmation is being sent
         w.erasers.register("t", "attributions", self.supersede_attributions)
         w.erasers.register("t", "links", self.erase_tracking_links)
-        w.erasers.register("c", "links", self.erase_customer_links, find=self.tracking_ids_of)
+        w.erasers.register("c", "links", self.erase_customer_links, find=self.parts_of_customer)
 
     # -- links, written by the journeys stage as it attributes -----------------------------------------
-    def note_conversion(self, tracking_id: str, conversion_id: str, customer_id: str | None, ts: int) -> None:
+    def note_conversion(self, tracking_id: str, conversion_id: str, customer_id: str | None, ts: int,
+                        order_id: str | None = None) -> None:
         """A conversion of `tracking_id` has an `attributions` message keyed `conversion_id`; with a customer,
-        the customer's owner learns that tracking ID (sent by `send_links`)."""
+        the customer's owner learns that tracking ID, and the order's ID, the key of its order ledger row (sent by
+        `send_links`)."""
         expires = ts + self.w.settings.customer_retention_ms
         key = LINK_TRACKING + tracking_id
         row = link(self.links.row(key), [conversion_id], expires)
         if row is not None:
             self.links.put_rows({key: row})
         if customer_id:
-            record = orjson.dumps([customer_id, tracking_id, expires])
+            record = orjson.dumps([customer_id, tracking_id, expires, order_id])
             self.customer_links.setdefault(self.w.partition_of(customer_id), []).append(record)
 
     async def send_links(self) -> None:
@@ -120,18 +123,21 @@ class ErasureStage:
 
     def absorb_customer_links(self, records: list[list[Any]]) -> None:
         rows: dict[str, Any] = {}
-        for customer_id, tracking_id, expires in records:
+        for customer_id, tracking_id, expires, *order in records:  # no order ID in records written before it
             key = LINK_CUSTOMER + customer_id
             before = rows.get(key) or self.links.row(key)
-            after = link(before, [tracking_id], expires)
+            after = link(before, [tracking_id], expires, [o for o in order if o])
             if after is not None:
                 rows[key] = after
         self.links.put_rows(rows)
 
     # -- the erasers of the links themselves -------------------------------------------------------------
-    async def tracking_ids_of(self, customer_id: str) -> list[tuple[str, str]]:
+    async def parts_of_customer(self, customer_id: str) -> list[tuple[str, str]]:
+        """The customer's tracking IDs, and the order IDs under which the order ledger names the customer."""
         row = self.links.row(LINK_CUSTOMER + customer_id)
-        return [("t", tracking_id) for tracking_id in row[1]] if row else []
+        if not row:
+            return []
+        return [("t", tracking_id) for tracking_id in row[1]] + [("o", order_id) for order_id in linked_orders(row)]
 
     async def supersede_attributions(self, tracking_id: str) -> int:
         """Every `attributions` message of the visitor gets a successor with its key and no identifier; on

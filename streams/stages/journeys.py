@@ -452,7 +452,8 @@ class JourneyStage:
             message, credited = self.attribute(journey, conversion, promo, affiliates, new_customer)
             self.w.attributions.send_soon(key=conversion.event_id.encode(), value=orjson.dumps(message))
             if erasure is not None:
-                erasure.note_conversion(key, conversion.event_id, conversion.customer_id, conversion.ts)
+                erasure.note_conversion(key, conversion.event_id, conversion.customer_id, conversion.ts,
+                                        conversion.order_id if isinstance(conversion, Order) else None)
             self.count_conversion(partition, seq, conversion, credited, new_customer, partials)
             self.count_commissions(message["commissions"])
             if isinstance(conversion, Order):

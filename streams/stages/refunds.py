@@ -46,6 +46,7 @@ from streams.core.refunds import (
     refund_effects,
     remember_order,
     take,
+    without_customer,
 )
 from streams.core.windows import (
     GROSS_PROFIT,
@@ -305,10 +306,22 @@ class RefundStage:
         await self.w.order_ledger.send_changes()
         await self.w.refund_partials.send_changes()
 
+    async def erase_customer_of(self, order_id: str) -> int:
+        """Erasure (CONTRACT.md section 10): the order's ledger row keeps the order (a refund of it still works) and
+        forgets its customer; the erased customer's links name the order IDs (streams.stages.erasure)."""
+        row = without_customer(self.w.order_ledger.row(order_id))
+        if row is None:
+            return 0
+        self.w.order_ledger.put_rows({order_id: row})
+        await self.w.order_ledger.send_changes()
+        return 1
+
 
 def register(w: Wiring) -> None:
     stage = RefundStage(w)
     w.state["refunds"] = stage
+    if getattr(w, "erasers", None) is not None:
+        w.erasers.register("o", "order-ledger", stage.erase_customer_of)
     w.order_ledger.recovered_callbacks.append(stage.requeue_pending)
     w.refund_partials.recovered_callbacks.append(stage.resend_partials)
 

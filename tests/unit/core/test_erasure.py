@@ -17,6 +17,7 @@ from streams.core.erasure import (
     ledger_report,
     link,
     link_expired,
+    linked_orders,
     overdue,
     parse_request,
     part_id,
@@ -128,3 +129,14 @@ def test_an_erased_attribution_keeps_its_key_and_holds_no_identifier() -> None:
     validate(message)
     with pytest.raises(fastjsonschema.JsonSchemaValueException):
         validate({**message, "tracking_id": "T"})
+
+
+def test_a_customer_link_row_names_its_order_ids_apart_from_its_tracking_ids() -> None:
+    row = link(None, ["tid-1"], 10)
+    assert row == [10, ["tid-1"]] and linked_orders(row) == []  # no order: the row keeps its earlier form
+    row = link(row, ["tid-1"], 10, ["A-1"])
+    assert row == [10, ["tid-1"], ["A-1"]] and linked_orders(row) == ["A-1"]
+    assert link(row, ["tid-1"], 5, ["A-1"]) is None  # nothing new
+    row = link(row, ["tid-2"], 12, ["A-2", "A-2"])
+    assert row == [12, ["tid-1", "tid-2"], ["A-1", "A-2"]]
+    assert linked_orders(None) == []

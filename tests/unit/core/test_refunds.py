@@ -31,6 +31,7 @@ from streams.core.refunds import (
     refund_effects,
     remember_order,
     take,
+    without_customer,
 )
 from streams.stages.refunds import JourneyMarks
 
@@ -96,6 +97,18 @@ def test_the_ledger_row_round_trips_every_model_s_credits_and_the_commissions() 
         assert got == want, model
     assert order.commissions == (("anna", "converter", 12.0), ("bob", "assist", 1.5))
     assert (order.revenue, order.margin, order.customer_id) == (120.0, 0.5, "cust-1")
+
+
+def test_erasure_takes_the_customer_out_of_a_ledger_row_and_a_refund_of_the_order_still_works() -> None:
+    row = ledger()
+    erased = without_customer(row)
+    assert erased is not None and "cust-1" not in str(erased)
+    kept, gone = order_of(row), order_of(erased)
+    assert gone is not None and kept is not None and gone == kept._replace(customer_id=None)
+    assert without_customer(erased) is None and without_customer(None) is None  # nothing left to erase
+    verdict = judge(erased, refund(40.0), WINDOW)
+    assert verdict == judge(row, refund(40.0), WINDOW) and isinstance(verdict, Taken)
+    assert "cust-1" not in str(refund_effects(gone, refund(40.0), verdict, "last_click", "USD").message)
 
 
 def test_an_order_sent_twice_is_remembered_once() -> None:

@@ -115,23 +115,29 @@ async def test_a_customer_erasure_reaches_its_tracking_ids_and_is_confirmed_once
     async def erase_journey(tid: str) -> int:
         return 1 if journeys.pop(tid, None) else 0
 
+    ledger = {"A-1": "cust-1", "A-2": "cust-1", "A-9": "cust-9"}  # order ID -> the customer its ledger row names
+
+    async def erase_ledger_customer(order_id: str) -> int:
+        return 1 if ledger.pop(order_id, None) else 0
+
     w.erasers.register("t", "journeys", erase_journey)
+    w.erasers.register("o", "order-ledger", erase_ledger_customer)
     stage.note_conversion("tid-1", "lead-1", "cust-1", T0)
-    stage.note_conversion("tid-1", "order-1", "cust-1", T0 + 1)
-    stage.note_conversion("tid-2", "order-2", "cust-1", T0 + 2)
+    stage.note_conversion("tid-1", "order-1", "cust-1", T0 + 1, "A-1")
+    stage.note_conversion("tid-2", "order-2", "cust-1", T0 + 2, "A-2")
     stage.note_conversion("tid-9", "order-9", "cust-9", T0 + 3)
     await stage.send_links()
     await deliver(stage, w)
-    assert w.erasure_links.row("c|cust-1")[1] == ["tid-1", "tid-2"]
+    assert w.erasure_links.row("c|cust-1")[1:] == [["tid-1", "tid-2"], ["A-1", "A-2"]]
 
     await stage.request(0, 41, orjson.dumps({"customer_id": "cust-1"}))
     await deliver(stage, w)
 
     logged = [orjson.loads(value) for _, _, value in w.erasure_log.sent]
     assert len(logged) == 1 and logged[0]["request"] == {"customer_id": "cust-1"}
-    # journeys 2, attribution messages 3, links: the customer's and the two visitors'
-    assert logged[0]["rows"] == 2 + 3 + 3
-    assert set(journeys) == {"tid-9"}
+    # journeys 2, attribution messages 3, links: the customer's and the two visitors', ledger rows 2
+    assert logged[0]["rows"] == 2 + 3 + 3 + 2
+    assert set(journeys) == {"tid-9"} and set(ledger) == {"A-9"}
     superseded = {key.decode(): orjson.loads(value) for _, key, value in w.attributions.sent}
     assert superseded == {c: {"conversion_id": c, "erased": True} for c in ("lead-1", "order-1", "order-2")}
     assert not [key for key in w.erasure_links if "cust-1" in key or "tid-1" in key or "tid-2" in key]
