@@ -165,17 +165,17 @@ def test_replay_lands_every_line_on_the_topic_of_its_type(kafka_bootstrap: str, 
         events.append(event)
     lines = [orjson.dumps(e) for e in events]
     broken = f'{{"event_id": "{run}-broken", "type": "click", "ts": 17'.encode()
-    unknown = orjson.dumps({"event_id": f"{run}-refund", "type": "refund"})
+    unknown = orjson.dumps({"event_id": f"{run}-chargeback", "type": "chargeback"})
     lines[10:10] = [broken]
     lines[20:20] = [b"", unknown]
     path = tmp_path / "backfill.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
 
     result = attribution("replay", str(path), bootstrap=kafka_bootstrap)
-    assert result.returncode == 1, result.stdout + result.stderr  # the refund line could not be sent anywhere
+    assert result.returncode == 1, result.stdout + result.stderr  # the chargeback line could not be sent anywhere
     assert "replayed 231 events" in result.stdout
     assert "line 11: not JSON" in result.stdout and "sent as-is to clicks" in result.stdout
-    assert 'line 22: unknown type "refund"' in result.stdout
+    assert 'line 22: unknown type "chargeback"' in result.stdout
 
     records = asyncio.run(consume_all(kafka_bootstrap, list(INPUT_TOPICS), timeout=60))
     landed = elements(records, run)

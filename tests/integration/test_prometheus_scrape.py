@@ -90,6 +90,10 @@ MAY_BE_EMPTY: dict[str, str] = {
     "channel-performance.json: panel 'Suspect clicks per $window, by guard' A":
         "sparse by nature, and the campaign's workers run with the fraud guards off (as the other tests); "
         "tests/ops/test_promql_parse.py shows it on data, test_fraud_guards.py counts it on a real worker",
+    "channel-performance.json: panel 'Refunded revenue per $window' A":
+        "the campaign has no refunds (they would change the figures its other checks compare); "
+        "tests/ops/test_promql_parse.py shows the panel on data",
+    "channel-performance.json: panel 'Refund rate (refunded / attributed revenue)' A": "no refunds (see above)",
 }
 # Alert rules are conditions: empty is "not firing". Recording rules (targets.yml) always have data.
 ALERT_SOURCE = "alerts.yml: "
