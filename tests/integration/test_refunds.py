@@ -34,6 +34,7 @@ from tests.integration.reliability_support import (
     produce_steps,
     read_attributions,
     read_latest,
+    scrape,
     started,
 )
 from tests.integration.services import KafkaBroker, WorkerProcess, consume_all, produce
@@ -303,3 +304,7 @@ async def test_refunds_net_every_figure_reverse_commissions_and_stay_exact(
         await asyncio.sleep(1.0)
     assert problems + ltv_problems == [], "\n".join((problems + ltv_problems)[:30])
     assert sum(m["refunds"] for m in (await read_latest(broker.bootstrap, "metrics.channel")).values()) > 10
+    if not kill:  # a worker's counters hold what it judged: every refund, in the clean run
+        samples = await asyncio.to_thread(scrape, worker)
+        refunded = sum(value for (name, _), value in samples.items() if name == "attribution_refunded_revenue_total")
+        assert refunded == pytest.approx(sum(r.amount for r in scenario.refunds.values()))
