@@ -60,6 +60,7 @@ from streams.kafka.skipped_records import SkippedRecordGuard
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import OUTCOMES, BatchCounts
 from streams.stages import markov
+from streams.stages.metrics import SNAPSHOT_MESSAGE_BYTES, send_partial_snapshots
 from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,6 @@ MARKS_INTERVAL_S = 0.2  # how often the order ledger hears how far orders are at
 SOURCE_STALE_S = 10.0  # an intake not heard from for this long (a worker gone) no longer holds conversions
 MAX_HOLD_S = 30.0  # with no watermark at all, a conversion waits at most this long for its touchpoints
 STORE_RETRY_S = 1.0
-SNAPSHOT_MESSAGE_BYTES = 256 * 1024  # partial snapshots per message, as a JSON array (Kafka's limit: 1 MiB)
 FUTURE_TOLERANCE_MS = 300_000
 TOUCHES = ("i", "c")
 FLOODED = "f"  # a click beyond CLICK_FLOOD, where the kind of a touchpoint goes
@@ -582,21 +582,8 @@ class JourneyStage:
 
     # -- snapshots downstream and expiry ----------------------------------------------------------
     async def send_snapshots(self) -> None:
-        """The dirty partials, as arrays of snapshots: a message per metrics partition (that of their
-        channels) and SNAPSHOT_MESSAGE_BYTES, so that Faust's per-message cost is paid once per array on
-        both sides, not once per partial."""
         dirty, self.dirty_partials = self.dirty_partials, set()
-        by_partition: dict[int, list[bytes]] = {}
-        for key in sorted(dirty):
-            row = self.w.partials.get(key)
-            if row is None:
-                continue
-            partition, window, channel = parse_partial_key(key)
-            snapshot = {"p": partition, "w": window, "c": channel, "wm": self.stream_time, "m": row[:2], "f": row[2]}
-            by_partition.setdefault(self.w.partition_of(channel), []).append(orjson.dumps(snapshot))
-        for partition, snapshots in by_partition.items():
-            for value in json_arrays(snapshots, SNAPSHOT_MESSAGE_BYTES):
-                await self.w.partials_topic.send(value=value, partition=partition)
+        await send_partial_snapshots(self.w, self.w.partials, dirty, self.stream_time)
 
     async def sweep(self) -> None:
         """Forget journeys with nothing inside the horizon and partials of closed windows (event time), a

@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from streams.core.kpis import Figures, metrics_message
-from streams.core.windows import ChannelWindow, channel_figures, is_closed
+from streams.core.windows import ChannelWindow, channel_figures, is_closed, parse_partial_key
 from streams.kafka.skipped_records import SkippedRecordGuard
+from streams.kafka.topics import json_arrays
 from streams.stages.topology import APP_ID, Wiring
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,27 @@ BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
 PUBLISH_INTERVAL_S = 1.0
 KPI_NAMESPACE = "kpis"
+SNAPSHOT_MESSAGE_BYTES = 256 * 1024  # partial snapshots per message, as a JSON array (Kafka's limit: 1 MiB)
+
+
+async def send_partial_snapshots(w: Wiring, table: Any, keys: set[str], stream_time: int, source: str = "") -> None:
+    """The partials of `table` named by `keys` (partition|window|channel) as absolute snapshots for this stage:
+    JSON arrays, a message per metrics partition (that of their channels) and SNAPSHOT_MESSAGE_BYTES, so that
+    Faust's per-message cost is paid once per array on both sides. Each carries its partial's sequence marks (an
+    older snapshot is then ignored, `ChannelWindow.offer`); `source` prefixes the partition in the snapshot's
+    source name (refund partials are sources of their own)."""
+    by_partition: dict[int, list[bytes]] = {}
+    for key in sorted(keys):
+        row = table.row(key)
+        if row is None:
+            continue
+        partition, window, channel = parse_partial_key(key)
+        snapshot = {"p": f"{source}{partition}" if source else partition, "w": window, "c": channel,
+                    "wm": stream_time, "m": row[:2], "f": row[2]}
+        by_partition.setdefault(w.partition_of(channel), []).append(orjson.dumps(snapshot))
+    for partition, snapshots in by_partition.items():
+        for value in json_arrays(snapshots, SNAPSHOT_MESSAGE_BYTES):
+            await w.partials_topic.send(value=value, partition=partition)
 
 
 class MetricsStage:

@@ -61,6 +61,7 @@ from streams.core.windows import (
 )
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import OUTCOMES, BatchCounts
+from streams.stages.metrics import SNAPSHOT_MESSAGE_BYTES, send_partial_snapshots
 from streams.stages.topology import Wiring
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ MAX_HOLD_S = 60.0  # with no marks at all, a refund waits at most this long for 
 # and an order sent after a later one (or read again after a restart, beside the refunds) may come behind.
 UNKNOWN_WAIT_S = 10.0
 UNKNOWN_RETRY_S = 1.0
-SNAPSHOT_MESSAGE_BYTES = 256 * 1024
 SOURCE_PREFIX = "r"  # the refund partials' source in the metrics stage: r<ledger partition>
 
 
@@ -253,18 +253,7 @@ class RefundStage:
     # -- snapshots, recovery and expiry ----------------------------------------------------------
     async def send_snapshots(self) -> None:
         dirty, self.dirty_partials = self.dirty_partials, set()
-        by_partition: dict[int, list[bytes]] = {}
-        for key in sorted(dirty):
-            row = self.w.refund_partials.row(key)
-            if row is None:
-                continue
-            partition, window, channel = parse_partial_key(key)
-            snapshot = {"p": f"{SOURCE_PREFIX}{partition}", "w": window, "c": channel, "wm": self.stream_time,
-                        "f": row[2]}
-            by_partition.setdefault(self.w.partition_of(channel), []).append(orjson.dumps(snapshot))
-        for partition, snapshots in by_partition.items():
-            for value in json_arrays(snapshots, SNAPSHOT_MESSAGE_BYTES):
-                await self.w.partials_topic.send(value=value, partition=partition)
+        await send_partial_snapshots(self.w, self.w.refund_partials, dirty, self.stream_time, SOURCE_PREFIX)
 
     def requeue_pending(self, partitions: set[int]) -> None:
         """After recovery: the pending refunds of these partitions wait again, in sequence order, and the

@@ -13,7 +13,7 @@ from streams.config import Settings
 from streams.core.windows import ChannelWindow
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import WorkerMetrics
-from streams.stages.metrics import MetricsStage
+from streams.stages.metrics import MetricsStage, send_partial_snapshots
 from tests.fakes import FakeTable
 
 W = 60_000
@@ -72,3 +72,21 @@ def test_a_zombies_snapshot_sent_after_a_newer_one_of_its_partition_changes_noth
     held = ChannelWindow.from_row(w.channel_windows.data[f"google_ads|{T0}"])
     assert held.sources["0"]["brand"][0] == 9.0 and held.marks == {"0": [2048, 1030]}
     assert w.registry.get_sample_value("attribution_stale_snapshots_total") == 1
+
+
+class SentTopic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+
+    async def send(self, value: bytes, partition: int) -> None:
+        self.sent.append((partition, value))
+
+
+async def test_partial_snapshots_carry_their_marks_and_a_source_of_their_own() -> None:
+    table = FakeTable({f"3|{T0}|email": [41, 7, {"(none)": [1.0] + [0.0] * 10}],
+                       f"3|{T0}|affiliate": [12, -1, {"partners": [0.0] * 11}]})
+    w = SimpleNamespace(partials_topic=SentTopic(), partition_of=lambda channel: len(channel) % 2)
+    await send_partial_snapshots(w, table, {f"3|{T0}|email", f"3|{T0}|gone"}, T0 + 5, "r")  # type: ignore[arg-type]
+    [(partition, value)] = w.partials_topic.sent
+    assert partition == 1 and orjson.loads(value) == [
+        {"p": "r3", "w": T0, "c": "email", "wm": T0 + 5, "m": [41, 7], "f": {"(none)": [1.0] + [0.0] * 10}}]
