@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
 import orjson
+from faust.stores.memory import Store as MemoryStore
 
 # Faust's encodings of a changelog record (keys are str), and for values already packed bytes ("raw")
 KEY_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": str.encode}
 VALUE_CODECS: dict[Any, Callable[[Any], bytes]] = {"json": orjson.dumps, "raw": bytes}
+KEY_DECODERS: dict[Any, Callable[[bytes], Any]] = {"json": orjson.loads, "raw": bytes.decode}
+VALUE_DECODERS: dict[Any, Callable[[bytes], Any]] = {"json": orjson.loads, "raw": bytes}
 
 
 class KeyPartitionedTable(faust.Table):
@@ -45,6 +48,28 @@ class KeyPartitionedTable(faust.Table):
         self.sending = asyncio.Lock()
         self.deliveries: list[asyncio.Future[Any]] = []
         self._row_lookup: Callable[[str], Any] | None = None
+
+    def reads_changelog_in_bulk(self) -> bool:
+        """Its store is Faust's in-memory one, which `streams.kafka.bulk_recovery` fills faster than Faust."""
+        return isinstance(self.data, MemoryStore)
+
+    def apply_changelog_records(self, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Apply changelog records of `partition`, in offset order, as Faust's in-memory store applies them
+        in recovery (a record without a value deletes its key; each key remembers its partition, so that
+        Faust drops it when the partition goes to another worker)."""
+        data, partitions = self.data.data, self.data._key_partition
+        decode_key = KEY_DECODERS[self.key_serializer]
+        decode_value = VALUE_DECODERS[self.value_serializer]
+        for raw_key, raw_value in records:
+            if raw_key is None:
+                continue
+            key = decode_key(raw_key)
+            if raw_value is None:
+                data.pop(key, None)
+                partitions.pop(key, None)
+            else:
+                data[key] = decode_value(raw_value)
+                partitions[key] = partition
 
     def partition_for_key(self, key: Any) -> int:
         return self.partition_for(key)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
 from streams.kafka.affiliate_directory import AffiliateDirectory
+from streams.kafka.bulk_recovery import read_changelogs_in_bulk
 from streams.kafka.faust_patches import (
     drain_producer_buffer_on_flush,
     lower_fetch_wait,
@@ -47,6 +48,8 @@ from streams.stages.topology import (
     instance_name,
 )
 
+BULK_RECOVERY_BUDGET_S = 45.0  # half the 90 s Faust gives the step it runs in (it stops recovering past them)
+
 
 def build(
     settings: Settings, bootstrap: str, store: Store, session_timeout_s: float = 10.0, claims: Claims | None = None,
@@ -57,6 +60,7 @@ def build(
     lower_fetch_wait(FETCH_MAX_WAIT_MS)
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
+    read_changelogs_in_bulk(BULK_RECOVERY_BUDGET_S)  # STATE_STORE=memory restarts in seconds, not minutes
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],

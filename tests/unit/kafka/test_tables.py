@@ -84,3 +84,40 @@ def test_a_row_is_read_from_the_store_as_the_table_reads_it(wiring: Wiring, tabl
     table.put_rows({KEYS[0]: None})
     queued(table)
     assert table.row(KEYS[0]) is None
+
+
+def test_changelog_records_read_in_bulk_give_the_rows_faust_s_recovery_gives(wiring: Wiring, table_name: str) -> None:
+    """`apply_changelog_records` (the bulk read of a memory store's recovery) decodes what Faust's own
+    recovery decodes, applies a partition's records in order (a tombstone deletes, a later row wins) and
+    remembers each key's partition as Faust's memory store does, so that a revoked partition's rows go."""
+    table, ROW = table_of(wiring, table_name), ROWS[table_name]
+    assert table.reads_changelog_in_bulk()
+    table.put_rows(dict.fromkeys(KEYS, ROW))
+    table.put_rows({KEYS[0]: None, KEYS[1]: None})
+    table.put_rows({KEYS[1]: ROW})
+    records = queued(table)
+    serializers = wiring.app.serializers
+    expected: dict[Any, Any] = {}
+    for partition_records in records.values():
+        for key_bytes, value_bytes in partition_records:
+            key = serializers.loads_key(str, key_bytes, serializer=table.key_serializer)
+            if value_bytes is None:
+                expected.pop(key, None)
+            else:
+                expected[key] = serializers.loads_value(None, value_bytes, serializer=table.value_serializer)
+    table.data.data.clear()
+    table.data._key_partition.clear()
+    for partition, partition_records in records.items():
+        table.apply_changelog_records(partition, partition_records)
+    assert dict(table.data.data) == expected == {key: ROW for key in KEYS if key != KEYS[0]}
+    assert table.data._key_partition == {key: table.partition_for(key) for key in expected}
+    table.data.data.clear()
+    table.data._key_partition.clear()
+
+
+def test_a_record_without_a_key_is_skipped_and_a_tombstone_of_an_unknown_key_is_harmless(
+    wiring: Wiring, table_name: str
+) -> None:
+    table = table_of(wiring, table_name)
+    table.apply_changelog_records(0, [(None, b"x"), (b'"nobody"', None)])
+    assert table.row("nobody") is None and not table.data.data
