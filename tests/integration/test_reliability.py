@@ -99,7 +99,7 @@ async def assert_exact(broker: KafkaBroker, scenario: Scenario, report: dict[str
 async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing(
     broker: KafkaBroker, redis_url: str, make_worker: Callable[..., WorkerProcess], state_store: str
 ) -> None:
-    env = worker_env(redis_url, STATE_STORE=state_store)  # rocksdb: the restart resumes from its files
+    env = worker_env(redis_url, STATE_STORE=state_store, LOG_LEVEL="INFO")  # INFO: the recovery lines
     worker = await started(make_worker(bootstrap=broker.bootstrap, env=env, name="solo"))
     scenario = Scenario(seed=1, events=EVENTS)
     producing = asyncio.create_task(produce_steps(broker.bootstrap, scenario.steps, pause=0.05))
