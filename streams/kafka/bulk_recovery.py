@@ -7,14 +7,15 @@ scale"). A plain Kafka consumer applying the records straight to the store's dic
 an order of magnitude faster.
 
 Where it fits: Faust's recovery decides, per active changelog partition, the offset it reads from (the
-store's persisted offset, or what it read in an earlier generation, or the start). Just before that
-(`Recovery._build_offsets`), every partition of a table stored in memory that Faust would read from its start
-is read here, in offset order, up to the end the partition had when reading began; Faust then starts at the
-last offset read and reads only what came after it, as for a store with persisted offsets. Reading stops
-after `budget_s` (Faust gives the step 90 s and stops recovering for good past it): Faust reads the rest.
-A read cut short by a new rebalance records nothing, and the next recovery reads that partition from its
-start again; replaying a changelog from its start over rows already applied gives the same rows, so that is
-safe.
+store's persisted offset, or the last one it read in an earlier generation, or the start). Just before that
+(`Recovery._build_offsets`), every such partition of a table stored in memory is read here from that offset
+(the start when there is none) to the end the partition had when reading began; Faust then starts at the
+last offset read and reads only what came after it, as for a store with persisted offsets. A partition kept
+through a rebalance is read from where its last recovery ended, as Faust would: the rows the worker wrote
+since come back as they are. Reading stops after `budget_s` (Faust gives the step 90 s and stops recovering
+for good past it): Faust reads the rest. A read cut short by a new rebalance records nothing, and the next
+recovery reads that partition from the same offset again; replaying a changelog over rows already applied
+gives the same rows, so that is safe.
 """
 
 from __future__ import annotations
@@ -42,41 +43,47 @@ class BulkReadTable(Protocol):
 
 
 def read_changelogs_in_bulk(budget_s: float) -> None:
-    """Make Faust's recovery read, before it reads anything itself, the changelog partitions of in-memory
-    tables it would read from their start (see the module's docstring). Installed once per process."""
+    """Make Faust's recovery read the changelog partitions of in-memory tables in bulk before it reads them
+    itself (see the module's docstring). Installed once per process."""
     from faust.tables.recovery import Recovery
 
     build_offsets = getattr(Recovery._build_offsets, "original", Recovery._build_offsets)
 
     async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         if title == "active":
-            unread = {tp: self.tp_to_table[tp] for tp in tps if destination.get(tp) is None}
-            await read_from_start(bootstrap_of(self.app), unread, destination, budget_s)
+            tables = {tp: self.tp_to_table[tp] for tp in tps}
+            await read_in_bulk(bootstrap_of(self.app), tables, destination, budget_s)
         await build_offsets(self, consumer, tps, destination, title)
 
     _build_offsets.original = build_offsets  # type: ignore[attr-defined]
     Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
 
 
+def next_offset(last_applied: int | None) -> int:
+    return 0 if last_applied is None or last_applied < 0 else last_applied + 1
+
+
 def bootstrap_of(app: Any) -> str:
     return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 
 
-async def read_from_start(
+async def read_in_bulk(
     bootstrap: str, tables: Mapping[Any, BulkReadTable], destination: MutableMapping[Any, Any], budget_s: float
 ) -> None:
-    """Apply each changelog partition of `tables` (Faust TP -> its table) that is stored in memory, from its
-    start up to its end at the time of asking, to its table; record in `destination` (Faust's offsets to read
-    from) the last offset applied of each partition read at all."""
+    """Apply each changelog partition of `tables` (Faust TP -> its table) that is stored in memory to its
+    table, from after the offset `destination` holds for it (Faust's offsets: the last one applied, -1 or None
+    for none) to the partition's end at the time of asking; record in `destination` the last offset applied of
+    each partition that had records to read."""
     wanted = {TopicPartition(tp.topic, tp.partition): (tp, table) for tp, table in tables.items()
               if table.reads_changelog_in_bulk()}
     if not wanted:
         return
+    read_from = {tp: destination.get(faust_tp) for tp, (faust_tp, _) in wanted.items()}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                 fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
     await consumer.start()
     try:
-        last = await read_partitions(consumer, {tp: table for tp, (_, table) in wanted.items()}, budget_s)
+        last = await read_partitions(consumer, {tp: table for tp, (_, table) in wanted.items()}, read_from, budget_s)
     finally:
         await consumer.stop()
     for tp, offset in last.items():
@@ -84,18 +91,22 @@ async def read_from_start(
 
 
 async def read_partitions(
-    consumer: AIOKafkaConsumer, tables: Mapping[TopicPartition, BulkReadTable], budget_s: float
+    consumer: AIOKafkaConsumer, tables: Mapping[TopicPartition, BulkReadTable],
+    read_from: Mapping[TopicPartition, int | None], budget_s: float,
 ) -> dict[TopicPartition, int]:
-    """Read each partition from its start to its current end (or until `budget_s` has passed); the last
-    offset applied per partition that had records."""
+    """Read each partition from after `read_from` (the last offset already applied; None or -1: none) to its
+    current end, or until `budget_s` has passed; the last offset applied per partition that had records to
+    read."""
     ends = await consumer.end_offsets(list(tables))
-    starts = await consumer.beginning_offsets(list(tables))
-    remaining = {tp for tp in tables if ends[tp] > starts[tp]}
+    beginnings = await consumer.beginning_offsets(list(tables))
+    firsts = {tp: max(beginnings[tp], next_offset(read_from.get(tp))) for tp in tables}
+    remaining = {tp for tp in tables if ends[tp] > firsts[tp]}
     if not remaining:
         return {}
     consumer.assign(list(remaining))
-    await consumer.seek_to_beginning(*remaining)
-    total = sum(ends[tp] - starts[tp] for tp in remaining)
+    for tp in remaining:
+        consumer.seek(tp, firsts[tp])
+    total = sum(ends[tp] - firsts[tp] for tp in remaining)
     began = reported = time.monotonic()
     last: dict[TopicPartition, int] = {}
     applied = 0

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from streams.config import Settings
-from streams.kafka.bulk_recovery import read_from_start
+from streams.kafka.bulk_recovery import read_in_bulk
 from streams.serving.store import open_store
 from streams.stages.app import build
 from streams.stages.topology import Wiring
@@ -70,7 +70,7 @@ async def test_a_changelog_read_in_bulk_gives_the_table_s_rows_and_faust_the_off
     table.data._key_partition.clear()
     destination: dict[TP, Any] = {TP(topic, p): None for p in range(PARTITIONS + 1)}
 
-    await read_from_start(kafka_bootstrap, dict.fromkeys(destination, table), destination, budget_s=60.0)
+    await read_in_bulk(kafka_bootstrap, dict.fromkeys(destination, table), destination, budget_s=60.0)
 
     assert dict(table.data.data) == expected_rows()
     assert destination == {**{TP(topic, p): end - 1 for p, end in ends.items()}, TP(topic, PARTITIONS): None}
@@ -88,7 +88,28 @@ async def test_with_no_time_left_nothing_is_read_and_faust_reads_from_the_start(
     table.data.data.clear()
     destination: dict[TP, Any] = {TP(topic, p): None for p in range(PARTITIONS)}
 
-    await read_from_start(kafka_bootstrap, dict.fromkeys(destination, table), destination, budget_s=0.0)
+    await read_in_bulk(kafka_bootstrap, dict.fromkeys(destination, table), destination, budget_s=0.0)
 
     assert not table.data.data
     assert destination == dict.fromkeys(destination)
+
+
+async def test_a_partition_already_read_up_to_an_offset_is_read_from_the_next_one(
+    kafka_bootstrap: str, wiring: Wiring
+) -> None:
+    """A partition kept through a rebalance: Faust holds the last offset its recovery applied, and the bulk
+    read goes on after it (here partition 0 was applied to its last record: nothing of it is read again)."""
+    table = wiring.claims_table
+    topic = uid("bulk-changelog")
+    await create_topics(kafka_bootstrap, [topic], partitions=PARTITIONS)
+    ends = await write_changelog(kafka_bootstrap, topic, table)
+    table.data.data.clear()
+    table.data._key_partition.clear()
+    destination: dict[TP, Any] = {TP(topic, 0): ends[0] - 1, TP(topic, 1): -1, TP(topic, 2): None}
+
+    await read_in_bulk(kafka_bootstrap, dict.fromkeys(destination, table), destination, budget_s=60.0)
+
+    assert destination == {TP(topic, p): end - 1 for p, end in ends.items()}
+    assert dict(table.data.data) == {key: row for key, row in expected_rows().items() if table.partition_for(key)}
+    table.data.data.clear()
+    table.data._key_partition.clear()
