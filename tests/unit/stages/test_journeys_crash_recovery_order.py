@@ -49,6 +49,27 @@ def test_a_recovered_partition_releases_nothing_until_the_topic_is_read_past_the
     assert [seq for _, _, seq in grace.ready(3.0, ALL)] == [seq_of(7, 3), seq_of(8, 5), seq_of(9, 0)]
 
 
+def test_the_max_hold_of_a_held_partition_s_conversions_counts_from_when_it_is_read_again() -> None:
+    """A conversion queued before a rebalance, whose touchpoints a killed worker had not sent: the partition is
+    held through the rebalance and the recovery (nothing is read meanwhile). Once it is read again, the
+    conversion waits for a report again, or the max hold from then: not a hold that ran out while nothing
+    was being read (it left at once, before the touchpoints read again were absorbed)."""
+    grace = GraceQueue(0.5, 30.0, SourceWatermarks(stale_after_s=10.0))
+    grace.sources.report(P, "a", T - 1, now=0.0)
+    grace.add(P, "conversion", seq_of(4, 0), T, now=0.0)
+    grace.hold(P, 4)  # the rebalance, the recovery: 40 s without reading the partition
+    assert grace.ready(40.0, ALL) == []
+    grace.read(P, 4, now=40.0)
+    assert grace.ready(41.0, ALL) == [], "its max hold ran out while the partition was not being read"
+    grace.sources.report(P, "a", T, now=42.0)
+    assert grace.ready(42.5, ALL) == [(P, "conversion", seq_of(4, 0))]
+    grace.add(P, "stuck", seq_of(5, 0), T + 1, now=43.0)  # a source that never gets there: the max hold still ends
+    grace.hold(P, 5)
+    grace.read(P, 5, now=44.0)
+    assert grace.ready(73.0, ALL) == []
+    assert grace.ready(74.0, ALL) == [(P, "stuck", seq_of(5, 0))]
+
+
 def test_a_report_made_before_a_conversion_arrived_does_not_release_it() -> None:
     """A backfill: the intake was caught up a moment ago; a touchpoint and then its conversion (with an older
     ts than that moment) were produced since. The touchpoint may still be unread: only a later report counts."""
