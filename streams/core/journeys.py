@@ -614,14 +614,18 @@ class GraceQueue:
 
     def read(self, partition: int, offset: int, now: float | None = None) -> None:
         """The stage has absorbed the message at `offset` of the partition (at `now`: from then on the
-        reports count for the recovered conversions; those read before were made before some of them)."""
+        reports count for the recovered conversions; those read before were made before some of them).
+        Their max hold counts from then too: while the partition was being handed over nothing was read,
+        and a conversion queued before the rebalance would otherwise leave at once, before the touchpoints
+        that a killed worker's successor has read again are absorbed."""
         held = self.held.get(partition)
         if held is not None and offset >= held:
             del self.held[partition]
             if partition in self.waiting:
                 items = sorted(self.waiting[partition], key=lambda item: item[3])
                 if now is not None:
-                    items = [(*item[:5], max(item[5], now)) for item in items]
+                    items = [(item[0], max(item[1], now + self.max_hold_s), *item[2:5], max(item[5], now))
+                             for item in items]
                 self.waiting[partition] = deque(items)
 
     def put_back(self, items: list[tuple[int, str, int, int]], now: float, delay_s: float) -> None:

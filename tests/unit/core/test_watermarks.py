@@ -105,3 +105,14 @@ def test_a_partition_read_to_its_end_counts_up_to_when_its_end_was_asked_for() -
     assert progress.watermark([IMP0, CLK0], ends.__getitem__, no_position, caught_up=9_000) == 9_000
     ends[CLK0] = 4  # a click produced since: the clicks partition holds the mark at what it has read
     assert progress.watermark([IMP0, CLK0], ends.__getitem__, no_position, caught_up=9_500) == 3_000
+
+
+def test_a_source_without_owned_partitions_in_its_reports_keeps_the_marks_as_they_were() -> None:
+    """Reports without "own" (an intake of an earlier version): which partitions it covers is unknown, so the
+    partitions other reports named do not hold the watermark while it reports."""
+    marks = SourceWatermarks(stale_after_s=5.0)
+    marks.report(0, "new", 9_000, now=0.0, owned=["clicks/0", "clicks/1"])
+    marks.report(0, "new", 9_000, now=1.0, owned=["clicks/0"])
+    assert marks.watermark(0, now=1.0) == NOTHING_READ, "clicks/1 is owned by no source that reported"
+    marks.report(0, "old", 8_000, now=1.0)
+    assert marks.watermark(0, now=1.0) == 8_000

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from streams.core.journeys import SEQ_PER_MESSAGE, GraceQueue, seq_of
-from streams.core.watermarks import CAUGHT_UP, SourceWatermarks
+from streams.core.watermarks import CAUGHT_UP, NOTHING_READ, SourceWatermarks
 from streams.kafka.faust_patches import drain_producer_buffer_on_flush
 
 T = 1_763_800_000_000
@@ -47,6 +47,27 @@ def test_a_recovered_partition_releases_nothing_until_the_topic_is_read_past_the
     grace.read(P, 9)
     grace.sources.report(P, "intake", CAUGHT_UP, now=2.5)  # a report made after the last of them arrived
     assert [seq for _, _, seq in grace.ready(3.0, ALL)] == [seq_of(7, 3), seq_of(8, 5), seq_of(9, 0)]
+
+
+def test_the_max_hold_of_a_held_partition_s_conversions_counts_from_when_it_is_read_again() -> None:
+    """A conversion queued before a rebalance, whose touchpoints a killed worker had not sent: the partition is
+    held through the rebalance and the recovery (nothing is read meanwhile). Once it is read again, the
+    conversion waits for a report again, or the max hold from then: not a hold that ran out while nothing
+    was being read (it left at once, before the touchpoints read again were absorbed)."""
+    grace = GraceQueue(0.5, 30.0, SourceWatermarks(stale_after_s=10.0))
+    grace.sources.report(P, "a", T - 1, now=0.0)
+    grace.add(P, "conversion", seq_of(4, 0), T, now=0.0)
+    grace.hold(P, 4)  # the rebalance, the recovery: 40 s without reading the partition
+    assert grace.ready(40.0, ALL) == []
+    grace.read(P, 4, now=40.0)
+    assert grace.ready(41.0, ALL) == [], "its max hold ran out while the partition was not being read"
+    grace.sources.report(P, "a", T, now=42.0)
+    assert grace.ready(42.5, ALL) == [(P, "conversion", seq_of(4, 0))]
+    grace.add(P, "stuck", seq_of(5, 0), T + 1, now=43.0)  # a source that never gets there: the max hold still ends
+    grace.hold(P, 5)
+    grace.read(P, 5, now=44.0)
+    assert grace.ready(73.0, ALL) == []
+    assert grace.ready(74.0, ALL) == [(P, "stuck", seq_of(5, 0))]
 
 
 def test_a_report_made_before_a_conversion_arrived_does_not_release_it() -> None:
@@ -160,6 +181,24 @@ def test_a_dead_intake_still_holds_conversions_until_its_partitions_are_owned_by
     assert sources.watermark(P, now=16.0) == T - 2_000
     sources.report(P, "a", T + 9_500, now=17.0, owned=everything)
     assert sources.watermark(P, now=17.0) == T + 9_500, "b is forgotten once its partitions are a's"
+
+
+def test_an_input_partition_whose_owner_has_not_reported_holds_conversions_until_one_does() -> None:
+    """Issue #20: intake b joins the group, takes half of a's partitions in the rebalance and is killed before
+    its first report. a reports its own half caught up; b's half stays unread until the session timeout gives
+    it back to a. A conversion whose touchpoints are in b's half must wait for a to have read them again:
+    released on a's mark alone, it went to `(direct)` (no Markov path at all) or lost touchpoints."""
+    everything = ["clicks/0", "clicks/1", "impressions/0", "impressions/1"]
+    grace = GraceQueue(0.5, 30.0, SourceWatermarks(stale_after_s=10.0))
+    grace.sources.report(P, "a", T - 1_000, now=0.0, owned=everything)
+    grace.add(P, "conversion", 1, T, now=1.0)  # its click is on clicks/1, b's from the next rebalance on
+    grace.sources.report(P, "a", CAUGHT_UP, now=2.0, owned=["clicks/0", "impressions/0"])  # b never reports
+    assert grace.sources.watermark(P, now=2.0) == NOTHING_READ, "clicks/1 and impressions/1 are nobody's yet"
+    assert grace.ready(3.0, ALL) == []
+    grace.sources.report(P, "a", T - 500, now=12.0, owned=everything)  # a has them back, reads them again
+    assert grace.ready(12.5, ALL) == []
+    grace.sources.report(P, "a", T + 1, now=13.0, owned=everything)  # past the conversion: its click is in
+    assert grace.ready(13.5, ALL) == [(P, "conversion", 1)]
 
 
 def test_an_intake_that_owns_nothing_claims_nothing() -> None:
