@@ -132,6 +132,12 @@ async def measure(run: Run, n: int, start_ms: int, span_ms: int) -> dict[str, An
             "messages": len(dataset.messages)}
 
 
+def above_idle(run: dict[str, Any]) -> float | None:
+    """Events per worker CPU second, the workers' idle rate times the run's span taken off their CPU seconds."""
+    cpu = run["cpu_seconds"]["workers"] - run["idle"]["workers"] * run["cpu_seconds"]["span"]
+    return run["events"] / cpu if cpu > 0 else None
+
+
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per worker count: the runs' events per worker CPU second (median) and CPU per event vs the fewest workers."""
     rows = []
@@ -162,14 +168,17 @@ def section(result: dict[str, Any], head: str) -> str:
         "first output until `metrics.channel` shows every event (the group's rebalances while the workers "
         "join, and the changelog recovery they cause, are inside it); *incl. start-up*: from each worker's "
         f"launch. *Idle*: the workers' and brokers' CPU cores over {IDLE_S:.0f} s after the run, nothing left to "
-        "do. Rounds alternate the order of the sizes. The module's docstring says exactly how.",
+        "do; *above idle*: events over the workers' CPU seconds less that idle rate times the run's span (an "
+        "estimate of the cost that goes with the events, apart from the cost that goes with the seconds). Rounds "
+        "alternate the order of the sizes. The module's docstring says exactly how.",
         "",
         head,
         "",
         "| workers | round | wall s until metrics show every event | events/s | workers' CPU s | events per worker "
         "CPU second | CPU per event vs 1 worker | workers' CPU s incl. start-up | brokers' CPU s (3 nodes) | "
-        "brokers' CPU cores | idle: worker cores (per worker) | idle: broker cores | load average start / end |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "brokers' CPU cores | idle: worker cores (per worker) | idle: broker cores | events per worker CPU second "
+        "above idle | load average start / end |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         cpu = r["cpu_seconds"]
@@ -177,7 +186,7 @@ def section(result: dict[str, Any], head: str) -> str:
             f"| {r['workers']} | {r['round']} | {r['seconds']:.1f} | {rate(r['rate'])} | {cpu['workers']:.2f} | "
             f"{rate(r['per_cpu_s'])} | {base['per_cpu_s'] / r['per_cpu_s']:.2f}x | {cpu['workers_since_launch']:.2f} | "
             f"{cpu['broker']:.2f} | {r['cpu']['broker']:.2f} | {r['idle']['workers']:.3f} "
-            f"({r['idle']['workers'] / r['workers']:.3f}) | {r['idle']['broker']:.3f} | "
+            f"({r['idle']['workers'] / r['workers']:.3f}) | {r['idle']['broker']:.3f} | {rate(above_idle(r))} | "
             f"{r['load_start']:.2f} / {r['load_end']:.2f} |")
     out += [
         "",
