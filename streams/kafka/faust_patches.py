@@ -21,15 +21,6 @@ tests/integration/test_reliability.py). Such a partition is now sought to its be
 `consumer_auto_offset_reset="earliest"` means for it.
 
 `lower_fetch_wait`: the worker consumer's fetch wait, hard-coded to 1.5 s by Faust.
-
-`idle_fetch_wait`: a longer fetch wait for a fetch that cannot delay anything. aiokafka leaves out of a fetch
-the partitions whose records still wait to be consumed, and sends no second fetch to a broker while one is
-out; so a partition consumed meanwhile is fetched again only when that fetch comes back, after at most its
-wait: hence the short FETCH_MAX_WAIT_MS. When nothing is buffered, nothing paused, no position to reset and
-no leader unknown, each fetch names every assigned partition led by its broker, and the broker answers it as
-soon as any of them has a record (fetch_min_bytes 1): waiting longer then costs no latency, and it spares
-the idle worker (and the brokers) ~100 empty fetches a second per broker and consumer, a fixed cost each
-worker of a group pays (bench/RESULTS.md, "Scale-out on a three-broker cluster").
 """
 
 from __future__ import annotations
@@ -108,33 +99,3 @@ def lower_fetch_wait(ms: int) -> None:
     create_worker_consumer.original = original  # type: ignore[attr-defined]
     create_worker_consumer.fetch_wait_ms = ms  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer
-
-
-def lengthen_idle_fetches(actions: tuple[Any, ...], buffered: bool, ms: int) -> None:
-    """In what aiokafka's `Fetcher._get_actions_per_node` decided, give each fetch request a wait of at least
-    `ms`, unless a partition is left out of its broker's fetch: records of one still buffered (`buffered`),
-    one paused (a resume future), one whose position is being reset, or one whose leader is unknown."""
-    fetch_requests, reset_requests, _timeout, invalid_metadata, resume_futures = actions
-    if buffered or reset_requests or invalid_metadata or resume_futures:
-        return
-    for _node_id, request in fetch_requests:
-        request._max_wait_ms = max(request._max_wait_ms, ms)
-
-
-def idle_fetch_wait(ms: int) -> None:
-    """Every aiokafka consumer of this process: a fetch wait of at least `ms` for the fetches that name every
-    assigned partition of their broker (`lengthen_idle_fetches`); the others keep the consumer's own wait."""
-    from aiokafka.consumer.fetcher import Fetcher
-
-    if getattr(Fetcher._get_actions_per_node, "idle_wait_ms", None) == ms:
-        return
-    original = getattr(Fetcher._get_actions_per_node, "original", Fetcher._get_actions_per_node)
-
-    def get_actions_per_node(self: Any, assignment: Any) -> Any:
-        actions = original(self, assignment)
-        lengthen_idle_fetches(actions, bool(self._records), ms)
-        return actions
-
-    get_actions_per_node.original = original  # type: ignore[attr-defined]
-    get_actions_per_node.idle_wait_ms = ms  # type: ignore[attr-defined]
-    Fetcher._get_actions_per_node = get_actions_per_node  # type: ignore[method-assign]

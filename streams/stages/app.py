@@ -11,7 +11,6 @@ from streams.config import Settings
 from streams.kafka.affiliate_directory import AffiliateDirectory
 from streams.kafka.faust_patches import (
     drain_producer_buffer_on_flush,
-    idle_fetch_wait,
     lower_fetch_wait,
     seek_uncommitted_partitions_to_beginning,
 )
@@ -38,7 +37,6 @@ from streams.stages.topology import (
     CUSTOMER_ORDERS_TOPIC,
     ERASURES_TOPIC,
     FETCH_MAX_WAIT_MS,
-    IDLE_FETCH_WAIT_MS,
     JOURNEY_TOPIC,
     LEDGER_TOPIC,
     LTV_PARTIALS_TOPIC,
@@ -57,7 +55,6 @@ def build(
     """The worker's app. Claims on customers and order ids go to `claims` (Redis) when given, else to the
     changelogged `claims` table. `replication`: of the topics Faust creates (the engine's own exist already)."""
     lower_fetch_wait(FETCH_MAX_WAIT_MS)
-    idle_fetch_wait(IDLE_FETCH_WAIT_MS)  # an idle worker does not fetch every FETCH_MAX_WAIT_MS
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
     app = faust.App(

@@ -42,13 +42,10 @@ class StandaloneWiring:
 
 def run(settings: Settings, args: Namespace | None = None) -> int:
     from streams.kafka.embedded_broker import resolve_bootstrap
-    from streams.kafka.faust_patches import idle_fetch_wait
-    from streams.stages.topology import IDLE_FETCH_WAIT_MS
     from streams.stages.worker import PartitionMismatch, tune_runtime
 
     configure_logging(settings.log_level)
     tune_runtime(settings)
-    idle_fetch_wait(IDLE_FETCH_WAIT_MS)  # an idle intake does not fetch every FETCH_MAX_WAIT_MS
     bootstrap, embedded = resolve_bootstrap(settings)
     try:
         asyncio.run(serve(settings, bootstrap))

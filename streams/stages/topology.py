@@ -61,7 +61,6 @@ MARKOV_PARTIALS_TOPIC = "attribution-markov-partials"
 ERASURES_TOPIC = "attribution-erasures"
 LEDGER_TOPIC = "attribution-order-ledger"
 FETCH_MAX_WAIT_MS = 10
-IDLE_FETCH_WAIT_MS = 500  # a fetch that names every partition of its broker (faust_patches.idle_fetch_wait)
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
 TABLES = ("journeys", "partials", "channel-windows", "ltv-customers", "ltv-channels", "signal-keys", "claims",
           "markov-paths", "markov-chain", "erasure-links", "erasures", "order-ledger", "refund-partials")
