@@ -24,7 +24,7 @@ from bench.metrics_topic import MetricsWatcher
 from bench.processes import BenchError, CpuMark, Processes, say, tail
 from bench.worker_http import events_total, histogram_quantile, journeys_owned, lag_buckets, scrape_all
 from streams.kafka.topics import make_producer
-from tests.integration.services import KafkaBroker, RedisServer, WorkerProcess, create_topics, free_port
+from tests.integration.services import KafkaBroker, KafkaCluster, RedisServer, WorkerProcess, create_topics, free_port
 
 WINDOW_MS = 60_000
 
@@ -47,6 +47,11 @@ class Sizes:
             return sizes
         return cls(int(sizes.single * scale), int(sizes.batched * scale), int(sizes.scale * scale), sizes.live_s,
                    sizes.naive_cap_s, int(sizes.memory_ids * scale), int(sizes.memory_typical * scale))
+
+
+def broker_pids(broker: KafkaBroker | KafkaCluster) -> list[int | None]:
+    """The broker's process, or every node's of a cluster (their CPU is summed)."""
+    return [node.pid for node in broker.nodes] if isinstance(broker, KafkaCluster) else [broker.pid]
 
 
 # --- producing ---------------------------------------------------------------------------------------
@@ -119,7 +124,7 @@ class Run:
         if not self.args.keep_logs:
             shutil.rmtree(broker.data_dir, ignore_errors=True)
 
-    async def preproduce(self, broker: KafkaBroker, dataset: data.Dataset) -> None:
+    async def preproduce(self, broker: KafkaBroker | KafkaCluster, dataset: data.Dataset) -> None:
         e = dataset.expected
         say(f"producing {e.events:,} events ({dataset.shape}: {len(dataset.messages):,} messages; "
             f"{dict(e.by_topic)}, {e.tracking_ids:,} tracking IDs) ...")
@@ -223,7 +228,7 @@ class Run:
         return workers
 
     async def engine(
-        self, label: str, broker: KafkaBroker, dataset: data.Dataset, partitions: int, count: int = 1,
+        self, label: str, broker: KafkaBroker | KafkaCluster, dataset: data.Dataset, partitions: int, count: int = 1,
         keep: bool = False, profile: Path | None = None, extra_env: dict[str, str] | None = None, intakes: int = 0,
     ) -> tuple[dict[str, Any], list[WorkerProcess], MetricsWatcher]:
         """`intakes` > 0: the workers without their intake, and that many intake processes (counted with the
@@ -257,7 +262,7 @@ class Run:
                     now = time.monotonic()
                     if "start" not in stages and routed > 0:
                         stages["start"], first_wall = now, time.time()
-                        cpu_first = CpuMark.take((w.pid for w in workers), broker.pid)
+                        cpu_first = CpuMark.take((w.pid for w in workers), broker_pids(broker))
                         if profile is not None:
                             spy = self.start_profile(workers[0], profile)
                     if "intake" not in stages and read >= len(dataset.messages):
@@ -287,7 +292,7 @@ class Run:
                         f"{watcher.touches:,}/{expected.touches:,} touchpoints, "
                         f"{watcher.conversions:,.0f}/{expected.conversions:,} conversions")
                 await asyncio.sleep(0.05)
-            cpu_done = CpuMark.take((w.pid for w in workers), broker.pid)
+            cpu_done = CpuMark.take((w.pid for w in workers), broker_pids(broker))
             processed = sum(events_total(text) for text in await scrape_all(workers))
             series.append((time.monotonic(), processed))
             try:
@@ -317,6 +322,9 @@ class Run:
             "absorb_rate": mid_rate(series, expected.events),
             "cpu": cpu_done.cores_since(cpu_first),
             "per_cpu_s": expected.events / max(cpu_done.workers - cpu_first.workers, 1e-9),
+            "cpu_seconds": {"workers": cpu_done.workers - cpu_first.workers,
+                            "broker": cpu_done.broker - cpu_first.broker,
+                            "workers_since_launch": cpu_done.workers, "span": cpu_done.at - cpu_first.at},
             "metric_messages": len(watcher.log),
             "records_written": written,
             "started_wall": first_wall,  # the intake's first output, for measures that go on (bench/ltv_cost.py)
@@ -362,8 +370,8 @@ class Run:
              "--gil", "--nonblocking", "--output", str(out)], out.with_suffix(".log"))
 
     async def latency(
-        self, shape: str, broker: KafkaBroker, workers: list[WorkerProcess], watcher: MetricsWatcher, seed: int,
-        profile: Path | None = None, rate: float | None = None,
+        self, shape: str, broker: KafkaBroker | KafkaCluster, workers: list[WorkerProcess], watcher: MetricsWatcher,
+        seed: int, profile: Path | None = None, rate: float | None = None,
     ) -> dict[str, Any]:
         rate, duration = rate or self.args.rate, self.sizes.live_s
         say(f"lag: {rate:,.0f} events/s for {duration:.0f}s, ts = now, {shape} input ...")
@@ -371,7 +379,7 @@ class Run:
         base = dict(watcher.latest)
         log_start = len(watcher.log)
         out_file = self.tmp / f"live-{shape}.json"
-        cpu_before = CpuMark.take((w.pid for w in workers), broker.pid)
+        cpu_before = CpuMark.take((w.pid for w in workers), broker_pids(broker))
         process = self.procs.popen(
             [sys.executable, "-m", "bench.live_producer", broker.bootstrap, str(rate), str(duration), shape,
              str(seed), str(WINDOW_MS), str(out_file)], self.tmp / f"live-{shape}.log")
@@ -381,7 +389,7 @@ class Run:
         finally:
             if spy is not None:
                 self.procs.end(spy, timeout=20, signum=signal.SIGINT)
-        cpu_after = CpuMark.take((w.pid for w in workers), broker.pid)
+        cpu_after = CpuMark.take((w.pid for w in workers), broker_pids(broker))
         live = orjson.loads(out_file.read_bytes())
         touches_sent = sum(n for _, touches, _ in live["ticks"] for n in touches.values())
         conversions_sent = sum(n for _, _, conversions in live["ticks"] for n in conversions.values())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.kafka.embedded_broker import _pdeathsig_hook
-from tests.integration.services import KafkaBroker, RedisServer, WorkerProcess
+from tests.integration.services import KafkaBroker, KafkaCluster, RedisServer, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -72,8 +72,10 @@ class CpuMark:
     machine: float
 
     @classmethod
-    def take(cls, workers: Iterable[int | None], broker: int | None) -> CpuMark:
-        return cls(time.monotonic(), sum(cpu_seconds(pid) for pid in workers), cpu_seconds(broker),
+    def take(cls, workers: Iterable[int | None], brokers: Iterable[int | None]) -> CpuMark:
+        """The CPU seconds so far of the workers, of the broker(s) (every node of a cluster, summed), of this
+        process and of the whole machine."""
+        return cls(time.monotonic(), sum(cpu_seconds(pid) for pid in workers), sum(cpu_seconds(pid) for pid in brokers),
                    cpu_seconds(os.getpid()), machine_busy())
 
     def cores_since(self, earlier: CpuMark) -> dict[str, float]:
@@ -93,6 +95,7 @@ class Processes:
         self.popens: list[subprocess.Popen[bytes]] = []
         self.workers: list[WorkerProcess] = []
         self.brokers: list[KafkaBroker] = []
+        self.clusters: list[KafkaCluster] = []
         self.redis: list[RedisServer] = []
 
     def popen(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -130,6 +133,14 @@ class Processes:
         with contextlib.suppress(Exception):
             broker.stop(timeout=30)
 
+    def stop_cluster(self, cluster: KafkaCluster) -> None:
+        """The same for every node of a cluster, then `kafka.sh cluster stop` for its pid files."""
+        for node in cluster.nodes:
+            with contextlib.suppress(Exception):
+                node.kill()
+        with contextlib.suppress(Exception):
+            cluster.stop(timeout=60)
+
     def stop_all(self) -> None:
         for process in self.popens:
             self.end(process, timeout=5)
@@ -137,6 +148,8 @@ class Processes:
             self.stop_worker(worker)
         for broker in self.brokers:
             self.stop_broker(broker)
+        for cluster in self.clusters:
+            self.stop_cluster(cluster)
         for server in self.redis:
             with contextlib.suppress(Exception):
                 server.stop()

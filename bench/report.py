@@ -48,6 +48,11 @@ def render(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
     )
     if any(key in results for key in ("single", "batched", "lag", "scale")):
         sections["## Engine end to end"] = engine_section(results, head, args)
+    if results.get("scale_out"):
+        from bench.scale_out import HEADING
+        from bench.scale_out import section as scale_out_section
+
+        sections[HEADING] = scale_out_section(results["scale_out"], head)
     if results.get("ltv_cost"):
         from bench.ltv_cost import section as ltv_cost_section
 

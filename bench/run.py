@@ -1,6 +1,6 @@
 """End-to-end benchmark of the engine on a real Apache Kafka broker (`make bench`).
 
-    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,memory,ltv-cost,state]
+    python -m bench.run [--quick] [--profile] [--only single,batched,lag,scale,scale-out,memory,ltv-cost,state]
                         [--wait-load SECONDS]
 
 Everything runs on this machine, each scenario on its own broker (free port, temp data dir):
@@ -22,6 +22,9 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
    `attribution_event_lag_seconds` histogram over the same span.
 4. scaling: batched data on 8 partitions, one worker, then two workers, then one worker with WORKER_INTAKE=off
    fed by one `attribution intake` process (fresh broker each), with the CPU each process (broker included) used.
+4b. scale-out: the same batched data on 8 partitions, 1, 2 and 4 workers, each run on a fresh three-broker
+   cluster (replication 3): events per CPU second of all the workers together, and the brokers' CPU
+   (bench/scale_out.py; two rounds, one with --quick).
 5. memory: bytes per tracking ID and per remembered event id, and per remembered customer of the
    lifetime-value stage (bench/memory.py).
 6. ltv-cost: the throughput measure of 1./2. (batched), with the lifetime-value stage and with LTV_STAGE=off, on
@@ -34,7 +37,8 @@ Everything runs on this machine, each scenario on its own broker (free port, tem
 
 Compare figures only within one run (ratios): the machine is shared. Before measuring it waits (up to
 --wait-load seconds) for the 1-minute load average to fall below --max-load, and notes the load.
-A full run writes its tables to bench/RESULTS.md (sections "Engine end to end", "Memory", "Engine profile";
+A full run writes its tables to bench/RESULTS.md (sections "Engine end to end", "Scale-out on a three-broker
+cluster", "Memory", "Engine profile";
 the others are kept); --quick, --only, --scale and experiments only print theirs unless --write. Every
 process it starts is stopped in `finally`, brokers included; it gives up with a message naming what it saw
 when a phase times out.
@@ -56,11 +60,12 @@ from bench import data
 from bench.engine_run import Run, Sizes
 from bench.processes import ROOT, STARTED, BenchError, machine, say, wait_for_quiet
 from bench.profile import summarize as summarize_profile
+from bench.scale_out import worker_counts
 from tests.integration.services import fetch_kafka
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
-SECTIONS = ("## Engine end to end", "## Lifetime-value stage cost", "## Memory", "## State at scale",
-            "## Engine profile")
+SECTIONS = ("## Engine end to end", "## Scale-out on a three-broker cluster", "## Lifetime-value stage cost",
+            "## Memory", "## State at scale", "## Engine profile")
 DEFAULT_SCALE_RUNS = "1:0,2:0,1:1"  # workers:intake processes, in order (0: each worker reads the inputs itself)
 STATE_VISITORS = (100_000, 1_000_000)  # bench/state.py's V (--quick: a tenth; --scale multiplies them)
 STATE_STORES = ["memory", "rocksdb"]
@@ -76,8 +81,8 @@ def state_visitors(quick: bool, scale: float) -> list[int]:
 async def run_all(run: Run) -> None:
     sizes, results, now_ms = run.sizes, run.results, int(time.time() * 1000)
     start_ms, span_ms = now_ms - 70 * 60_000, 60 * 60_000  # an hour of event time ending 10 min ago
-    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "memory",
-                                                                  "ltv-cost", "state"}
+    wanted = set(run.args.only.split(",")) if run.args.only else {"single", "batched", "lag", "scale", "scale-out",
+                                                                  "memory", "ltv-cost", "state"}
 
     if "single" in wanted:
         broker = await run.broker("single", 4)
@@ -128,6 +133,11 @@ async def run_all(run: Run) -> None:
                                             intakes=intakes)
             results["scale"].append(engine | {"shape": dataset.shape})
             run.retire(broker)
+
+    if "scale-out" in wanted:
+        from bench.scale_out import measure as measure_scale_out
+
+        results["scale_out"] = await measure_scale_out(run, sizes.scale, start_ms, span_ms)
 
     if "ltv-cost" in wanted:
         from bench.ltv_cost import measure as measure_ltv_cost
@@ -201,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="End-to-end engine benchmark.")
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter phases (~3 minutes, more with state)")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
-    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,memory,"
-                        "ltv-cost,state; or markov-cost (another name, e.g. 'profile' with --profile, runs none "
+    parser.add_argument("--only", default="", help="comma-separated subset of: single,batched,lag,scale,scale-out,"
+                        "memory,ltv-cost,state; or markov-cost (another name, e.g. 'profile' with --profile, runs none "
                         "of them)")
     parser.add_argument("--ltv-rounds", type=int, default=1,
                         help="ltv-cost: rounds per mix of a run with and one without the LTV stage (default 1)")
@@ -222,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         "itself); default 1:0,2:0,1:1")
     parser.add_argument("--scale-shape", choices=("single", "batched"), default="batched",
                         help="input shape of the 1-vs-2-worker comparison (default batched)")
+    parser.add_argument("--scale-out-workers", type=worker_counts, default=worker_counts("1,2,4"),
+                        help="scale-out: worker counts, in order, the first the baseline (default 1,2,4)")
+    parser.add_argument("--scale-out-rounds", type=int, default=None,
+                        help="scale-out: rounds of every count, alternating their order (default 2, with --quick 1)")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-minute load is below this")
     parser.add_argument("--wait-load", type=float, default=None,
                         help="seconds to wait for that (default 600, with --quick 60; 0: do not wait)")
@@ -276,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             raise failed
         return 1
     partial = (args.quick or args.only or args.scale != 1.0 or args.worker_fetch_wait_ms is not None
-               or args.scale_runs != scale_runs(DEFAULT_SCALE_RUNS))
+               or args.scale_runs != scale_runs(DEFAULT_SCALE_RUNS)
+               or args.scale_out_workers != worker_counts("1,2,4") or args.scale_out_rounds is not None)
     if args.no_write or (partial and not args.write):
         if not args.no_write:
             say(f"not writing {RESULTS.relative_to(ROOT)} for a partial or experimental run (--write to force)")

@@ -198,8 +198,11 @@ class RedisServer:
 # --- Kafka client helpers ---------------------------------------------------------------------------
 
 
-async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, *, timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet, and wait until their metadata shows them."""
+async def create_topics(
+    bootstrap: str, names: Sequence[str], partitions: int = 1, *, timeout: float = 30.0, replication: int = 1
+) -> None:
+    """Create the topics that do not exist yet (`replication` copies of each partition), and wait until their
+    metadata shows them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
@@ -207,7 +210,7 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 
         missing = [name for name in names if name not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing],
+                [NewTopic(name, num_partitions=partitions, replication_factor=replication) for name in missing],
                 timeout_ms=int(timeout * 1000),
             )
             for topic_error in getattr(response, "topic_errors", ()):
