@@ -26,7 +26,10 @@ LOG_LEVEL=INFO for Faust's "Recovery complete" line), both started here and stop
    (key = its event_id) is read from `attributions`. It includes the wait for the killed member to leave
    the consumer group (the worker refuses to join a group that has one: up to KAFKA_SESSION_TIMEOUT + a
    margin; `started_s`: from the kill to the worker's "worker starting on" line, past that wait), the table
-   recovery and the 2 s grace. `recovered_s`: from the kill to Faust's "Recovery complete" in its log
+   recovery and the 2 s grace. `assigned_s`: from the kill to the worker's partitions being assigned (Faust's
+   "generation id" line); `bulk_read_s`: to the end of the memory store's bulk changelog read
+   (`streams/kafka/bulk_recovery.py`; None with RocksDB or nothing to read); `recovered_s`: from the kill to
+   Faust's "Recovery complete" in its log
    (`/api/v1/state` has no recovered flag, and its journey count walks every key of a RocksDB table, so it
    is read only once, after the order's attribution: `journeys_after_restart`, V + 1 when all came back).
 
@@ -67,7 +70,8 @@ SETTLE_S = 10.0
 STALL_S = 300.0  # no progress for this long while absorbing: give up
 # Lines of the restarted worker's log, timed from the kill: past the group check (the killed member has left), and
 # the end of Faust's table recovery (INFO).
-LOG_MARKS = {"started_s": "worker starting on", "recovered_s": "Recovery complete"}
+LOG_MARKS = {"started_s": "worker starting on", "assigned_s": "generation id", "bulk_read_s": "read in bulk in",
+             "recovered_s": "Recovery complete"}
 # Settings that must be at the contract's defaults here, whatever this shell's environment says.
 DEFAULTED = ("CLICK_LOOKBACK", "VIEW_LOOKBACK", "DEDUP_WINDOW", "ALLOWED_LATENESS", "METRICS_WINDOW", "REDIS_URL",
              "ATTRIBUTION_MODEL", "ATTRIBUTION_GRACE", "LTV_STAGE", "KAFKA_SESSION_TIMEOUT")
@@ -274,7 +278,8 @@ async def restart(worker: WorkerProcess, bootstrap: str, timeout: float) -> dict
     for name, task in marks.items():
         out[name] = task.result() - killed if task.done() and not task.cancelled() else None
     say(f"  restart: the new visitor's order attributed {out['restart_s']:.1f}s after the kill (worker starting: "
-        f"{seconds(out['started_s'])}, Faust's recovery complete: {seconds(out['recovered_s'])})")
+        f"{seconds(out['started_s'])}, partitions assigned: {seconds(out['assigned_s'])}, changelogs read in bulk: "
+        f"{seconds(out['bulk_read_s'])}, Faust's recovery complete: {seconds(out['recovered_s'])})")
     return out
 
 
@@ -378,11 +383,12 @@ def table(result: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     lines = ["| store | visitors | RSS B/visitor | disk B/visitor | changelog B/visitor | restart s | worker started s "
-             "| recovered s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| assigned s | bulk read s | recovered s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in result["cases"]:
         lines.append(f"| {c['store']} | {c['visitors']:,} | {num(c['rss_bytes_per_visitor'])} | "
                      f"{num(c['disk_bytes_per_visitor'])} | {num(c['changelog_bytes_per_visitor'])} | "
-                     f"{num(c['restart_s'], 1)} | {num(c['started_s'], 1)} | {num(c['recovered_s'], 1)} |")
+                     f"{num(c['restart_s'], 1)} | {num(c['started_s'], 1)} | {num(c.get('assigned_s'), 1)} | "
+                     f"{num(c.get('bulk_read_s'), 1)} | {num(c['recovered_s'], 1)} |")
     if result["restart_ratio"]:
         lines.append("")
     for store, r in result["restart_ratio"].items():
