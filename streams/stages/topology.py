@@ -107,6 +107,7 @@ class Wiring:
     markov_paths: Any = None
     markov_chain: Any = None
     markov_effects: Any = None  # streams.kafka.markov_effects.MarkovEffects: the latest model, on every worker
+    fence: Any = None  # streams.kafka.group_fence.GroupFence: whether the worker may write its changelogs now
     affiliates: AffiliateDirectory | None = None
     erasure_requests: Any = None  # erasure (section 10): stages/erasure.py
     erasure_topic: Any = None
@@ -125,6 +126,13 @@ class Wiring:
 
     def assigned(self, topic: str) -> set[int]:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def may_write(w: Any) -> bool:
+    """False while the worker's group membership may have lapsed (the zombie fence, streams.kafka.group_fence):
+    a stage publishes nothing then."""
+    fence = getattr(w, "fence", None)
+    return fence is None or fence.is_open()
 
 
 def instance_name(settings: Settings) -> str:
