@@ -554,15 +554,48 @@ def changelog_regressions(records: Iterable[Any]) -> list[str]:
     """Journey records that forget an event an earlier record of the same key held: a row written from older
     state after a newer one (a zombie's late write; Known limits (1) in docs/reliability.md). Within a short
     run nothing expires, so a key's rows only ever gain ids; a tombstone starts the key over."""
-    held: dict[bytes, set[int]] = {}
+    held: dict[bytes, tuple[set[int], int]] = {}
     problems = []
     for record in records:
         if record.value is None:
             held.pop(record.key, None)
             continue
         ids = absorbed_ids(record.value)
-        lost = held.get(record.key, set()) - ids
+        before, made = held.get(record.key, (set(), 0))
+        lost = before - ids
         if lost:
-            problems.append(f"{record.key!r} at {record.partition}/{record.offset}: {len(lost)} ids gone")
-        held[record.key] = ids
+            problems.append(f"{record.key!r} at {record.partition}/{record.offset}: {len(lost)} ids gone "
+                            f"(made {record.timestamp - made} ms after the newer row)")
+        held[record.key] = ids, record.timestamp
     return problems
+
+
+PARTIALS_CHANGELOG = "attribution-partials-changelog"
+CHANNEL_WINDOWS_CHANGELOG = "attribution-channel-windows-changelog"
+
+
+def mark_regressions(records: Iterable[Any], marks_of: Callable[[Any], dict[str, list[int]]]) -> list[str]:
+    """Records of a table whose sequence marks go back below an earlier record of the same key (per source): a row
+    written from older state after a newer one. `marks_of(decoded row)` -> {source: [touch mark, conversion mark]}."""
+    held: dict[bytes, tuple[dict[str, list[int]], int]] = {}
+    problems = []
+    for record in records:
+        if record.value is None:
+            held.pop(record.key, None)
+            continue
+        marks = marks_of(orjson.loads(record.value))
+        before, made = held.get(record.key, ({}, 0))
+        back = [s for s, m in before.items() if s not in marks or marks[s][0] < m[0] or marks[s][1] < m[1]]
+        if back:  # made: the record's timestamp, given by the producer when it was queued, against the newer one's
+            problems.append(f"{record.key!r} at {record.partition}/{record.offset}: marks of {back} went back "
+                            f"(made {record.timestamp - made} ms after the newer row)")
+        held[record.key] = marks, record.timestamp
+    return problems
+
+
+def partial_marks(row: list[Any]) -> dict[str, list[int]]:
+    return {"": list(row[:2])}
+
+
+def channel_window_marks(row: Any) -> dict[str, list[int]]:
+    return dict(row[1]) if isinstance(row, list) and len(row) == 2 else {}

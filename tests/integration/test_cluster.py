@@ -1,7 +1,7 @@
 """The engine on a three-broker Apache Kafka cluster (`deploy/kafka/kafka.sh cluster start 3`): its topics
 replicated three times, and faults while it runs: a broker killed mid-run, workers leaving and coming back
-every 10 s (churn), and, opt-in (CLUSTER_ZOMBIE=1) while it fails here, a worker stopped past its session timeout
-and woken (a zombie; test_reliability.py runs it on one broker). Nothing lost or counted twice.
+every 10 s (churn), a worker stopped past its session timeout and woken (a zombie). Nothing lost or counted
+twice.
 
 The scenario and its checks are those of test_reliability.py (`reliability_support.Scenario`): the latest
 message per (key, window) on the metric topics equals the truth, and every conversion is on `attributions`
@@ -26,12 +26,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from tests.integration.reliability_support import (
+    CHANNEL_WINDOWS_CHANGELOG,
     JOURNEYS_CHANGELOG,
+    PARTIALS_CHANGELOG,
     Scenario,
     assert_exact_on,
     changelog_regressions,
+    channel_window_marks,
+    mark_regressions,
+    partial_marks,
     poll,
     produce_steps,
+    scrape,
     shared,
     start_workers,
     started,
@@ -184,16 +190,16 @@ async def test_four_workers_one_leaving_and_coming_back_every_10_s_keep_the_tota
     assert all(worker.alive for worker in workers)
 
 
-@pytest.mark.skipif(os.environ.get("CLUSTER_ZOMBIE") != "1", reason="opt-in (CLUSTER_ZOMBIE=1): on the cluster the "
-                    "figures were short after the zombie woke, 2 runs of 2 (docs/reliability.md, Known limits)")
-async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_nothing_stale_on_the_cluster(
+async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_nothing_stale(
     cluster: KafkaCluster, redis_url: str, make_worker: Callable[..., WorkerProcess]
 ) -> None:
     """A zombie: one of two workers is stopped (SIGSTOP) past its session timeout, the other takes its
     partitions over and finishes the whole run; then the zombie wakes up with its old state in memory.
-    Whatever it sends before it learns that its partitions moved must not overwrite the new owner's
-    figures: they stay exact after it woke and took partitions back (the metrics stage ignores a partial's
-    snapshot whose sequence marks are below the ones it holds)."""
+    Whatever it had queued must not overwrite the new owner's: the figures stay exact after it woke and took
+    partitions back. The fence (streams.kafka.group_fence) holds its changelog records from the moment it wakes
+    and drops those of partitions another worker wrote meanwhile, so no journey record of it lands after the new
+    owner's; records it had handed to the Kafka client before the pause still do (partials, channel windows),
+    and recovery skips them by their sequence marks (`attribution_stale_changelog_records_total`)."""
     workers = await start_workers(make_worker, cluster.bootstrap, worker_env(redis_url), "zombie", 2)
     assert await poll(lambda: shared(workers, PARTITIONS), timeout=60), "the two workers never shared the partitions"
     survivor, zombie = workers
@@ -215,17 +221,25 @@ async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_noth
                               survivor)
     finally:
         zombie.resume()
-    # It wakes, sends whatever it would, learns of the rebalance and rejoins: partitions come back to it and
+    # It wakes, holds what it would write, learns of the rebalance and rejoins: partitions come back to it and
     # it restores them from their changelogs, then sends their partials again.
     assert await poll(lambda: shared(workers, PARTITIONS), timeout=90), "the woken worker never got partitions back"
     try:
         await assert_exact_on(cluster.bootstrap, scenario, {**report, "phase": "after waking"}, CONVERGE_S,
                               survivor, zombie)
     finally:
-        # Not fenced yet (docs/reliability.md, Known limits (1)): the zombie's queued journey records may land
-        # after the new owner's. Reported, not asserted: a row written from older state after a newer one of its key.
-        records = await consume_all(cluster.bootstrap, JOURNEYS_CHANGELOG, timeout=30)
-        stale = changelog_regressions(records)
-        print(f"reliability report: {{'test': 'zombie', 'journey records': {len(records)}, "
-              f"'written from older state': {len(stale)}, 'e.g.': {stale[:3]}}}")
+        late = {"journeys": changelog_regressions(await consume_all(cluster.bootstrap, JOURNEYS_CHANGELOG,
+                                                                    timeout=30))}
+        for topic, marks_of in ((PARTIALS_CHANGELOG, partial_marks), (CHANNEL_WINDOWS_CHANGELOG, channel_window_marks)):
+            late[topic] = mark_regressions(await consume_all(cluster.bootstrap, topic, timeout=30), marks_of)
+        counted = await asyncio.to_thread(scrape, zombie)
+        fenced = {dict(labels)["table"]: n for (name, labels), n in counted.items()
+                  if name == "attribution_fenced_changelog_records_total"}
+        skipped = {dict(labels)["table"]: n for (name, labels), n in counted.items()
+                   if name == "attribution_stale_changelog_records_total"}
+        print("reliability report: " + str({
+            "test": "zombie", "dropped by the fence": fenced, "skipped in recovery": skipped,
+            "records written from older state": {topic: f"{len(found)}, e.g. {found[:2]}" for topic, found in
+                                                 late.items()}}))
+    assert late["journeys"] == [], f"journey records of the zombie landed after the new owner's: {late['journeys'][:5]}"
     assert survivor.alive
