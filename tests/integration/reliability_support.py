@@ -599,3 +599,22 @@ def partial_marks(row: list[Any]) -> dict[str, list[int]]:
 
 def channel_window_marks(row: Any) -> dict[str, list[int]]:
     return dict(row[1]) if isinstance(row, list) and len(row) == 2 else {}
+
+
+async def zombie_report(bootstrap: str, zombie: WorkerProcess) -> dict[str, list[str]]:
+    """After a zombie run: the records written from older state than an earlier record of their key, per changelog,
+    printed with what the zombie's fence dropped and what recovery skipped; returned for the test to judge."""
+    late = {"journeys": changelog_regressions(await consume_all(bootstrap, JOURNEYS_CHANGELOG, timeout=30))}
+    for topic, marks_of in ((PARTIALS_CHANGELOG, partial_marks), (CHANNEL_WINDOWS_CHANGELOG, channel_window_marks)):
+        late[topic] = mark_regressions(await consume_all(bootstrap, topic, timeout=30), marks_of)
+    counted = await asyncio.to_thread(scrape, zombie) if zombie.alive else {}
+
+    def per_table(metric: str) -> dict[str, float]:
+        return {dict(labels)["table"]: n for (name, labels), n in counted.items() if name == metric}
+
+    print("reliability report: " + str({
+        "test": "zombie", "dropped by the fence": per_table("attribution_fenced_changelog_records_total"),
+        "skipped in recovery": per_table("attribution_stale_changelog_records_total"),
+        "records written from older state": {topic: f"{len(found)}, e.g. {found[:2]}"
+                                             for topic, found in late.items()}}))
+    return late
