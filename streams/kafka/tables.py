@@ -248,8 +248,8 @@ class KeyPartitionedTable(faust.Table):
             latest[key] = event.value
             kept.append(event)
         if skipped:
-            log.warning("%s: %d changelog records made from older state than the row before them skipped in "
-                        "recovery (a zombie's late writes)", self.name, skipped)
+            log.warning("%s: %d changelog records older than the row held skipped in recovery (a zombie's late "
+                        "writes, or this worker's own rows read again)", self.name, skipped)
             if self.on_older is not None:
                 self.on_older(self.name, skipped)
         return kept

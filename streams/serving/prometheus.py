@@ -136,7 +136,7 @@ class WorkerMetrics:
         )
         self.stale_changelog_records = Counter(
             "attribution_stale_changelog_records",
-            "Changelog records skipped in recovery: made from older state than the row before them (a zombie's)",
+            "Changelog records skipped in recovery: older than the row held (a zombie's late one, or a row read again)",
             ("table",), registry=registry,
         )
         self.lag = BatchHistogram("attribution_event_lag_seconds", "Event time to processed", LAG_BUCKETS, registry)
