@@ -313,6 +313,8 @@ class JourneyStage:
                 self.dirty_partials.add(key)
 
     async def attribute_due(self) -> None:
+        if not may_write(self.w):  # the zombie fence: conversions wait, none is attributed from stale state
+            return
         async with self.attributing:
             await self._attribute_due()
 

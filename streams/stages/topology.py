@@ -129,10 +129,16 @@ class Wiring:
 
 
 def may_write(w: Any) -> bool:
-    """False while the worker's group membership may have lapsed (the zombie fence, streams.kafka.group_fence):
-    a stage publishes nothing then."""
+    """False while the worker's group membership may have lapsed (the zombie fence, streams.kafka.group_fence), and
+    in a new generation until its recovery has completed (the journeys table's): before it, the worker's state of a
+    partition it kept may be older than what another worker wrote meanwhile. A stage publishes nothing then, and
+    attributes nothing (an attribution made from such state would replace the right one on `attributions`)."""
     fence = getattr(w, "fence", None)
-    return fence is None or fence.is_open()
+    if fence is None:
+        return True
+    journeys = getattr(w, "journeys", None)
+    recovered = journeys is None or getattr(journeys, "recovered_in", None) == fence.generation()
+    return recovered and fence.is_open()
 
 
 def instance_name(settings: Settings) -> str:

@@ -56,6 +56,15 @@ def test_the_fence_is_closed_when_the_membership_is_not_known(generation: int, s
     assert not GroupFence(app_with(generation, seen, alive_at), SESSION_S, Clock()).is_open()
 
 
+def test_in_a_new_generation_stages_wait_for_its_recovery_of_the_journeys() -> None:
+    clock = Clock()
+    app = app_with(8, 8, clock.now)
+    w = SimpleNamespace(fence=GroupFence(app, SESSION_S, clock), journeys=SimpleNamespace(recovered_in=7))
+    assert w.fence.is_open() and not may_write(w)  # a partition kept may hold rows older than another worker's
+    w.journeys.recovered_in = 8
+    assert may_write(w)
+
+
 def test_without_a_started_consumer_there_is_nothing_to_fence() -> None:
     assert GroupFence(SimpleNamespace(_consumer=None), SESSION_S).is_open()
     assert may_write(SimpleNamespace()) and may_write(SimpleNamespace(fence=None))
