@@ -20,13 +20,16 @@ with transactions, which this engine does not use (DESIGN.md), so the worker fen
   only if nobody wrote its changelog meanwhile (its end offset is where this worker's own last record, or its
   last recovery, left it), and are dropped otherwise (`GroupFence` tells the table; `KeyPartitionedTable.
   release_held`). Dropped records are counted (`attribution_fenced_changelog_records_total`).
+- The stages attribute nothing and publish no snapshot or metric message while the fence is shut, nor in a new
+  generation before its recovery of the journeys completed (`streams.stages.topology.may_write`).
 
 aiokafka keeps a member's last successful heartbeat in a local variable of `GroupCoordinator._heartbeat_routine`;
 `track_group_liveness` records it on the coordinator (the time the heartbeat was sent) and the start of every
 completed join.
 
 Not covered: records handed to the Kafka client before the pause and still in its accumulator go out when the
-worker wakes, before any check can run.
+worker wakes, before any check can run. Recovery skips those of the partials and channel windows by their sequence
+marks (`KeyPartitionedTable.apply_changelog_batch`).
 """
 
 from __future__ import annotations
