@@ -119,6 +119,23 @@ class ChannelWindow:
         return {campaign: _figures(values) for campaign, values in totals.items()}
 
 
+def partial_row_older(held: list[Any], row: list[Any]) -> bool:
+    """A partial's row made from older state than the one held (a mark below it): a zombie's late changelog record.
+    A partial's marks only grow, so a later row of the same partial never has a lower one."""
+    return bool(held) and bool(row) and (row[0] < held[0] or row[1] < held[1])
+
+
+def channel_window_row_older(held: Any, row: Any) -> bool:
+    """A channel window's row that holds a source at lower marks than the one held, or lacks one held (a source
+    is never taken out): made from older state, a zombie's late changelog record (`ChannelWindow.offer`)."""
+    held_marks, marks = ChannelWindow.from_row(held).marks, ChannelWindow.from_row(row).marks
+    for source, mark in held_marks.items():
+        now = marks.get(source)
+        if now is None or now[0] < mark[0] or now[1] < mark[1]:
+            return True
+    return False
+
+
 def channel_figures(campaigns: dict[str, Figures]) -> Figures:
     total = Figures()
     for figures in campaigns.values():

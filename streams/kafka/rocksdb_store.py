@@ -118,6 +118,14 @@ class KeyPartitionedRocksDBStore(FaustRocksDBStore):
         batch.put(OFFSET_KEY, str(last_offset).encode())
         db.write(batch)
 
+    def discard(self, partition: int, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """These records of `partition` will never be written (the zombie fence dropped them): their rows go back
+        to what the database holds, unless written again since."""
+        waiting = self.unacked.get(partition, {})
+        for key, value in records:
+            if key in waiting and waiting[key] == value:
+                del waiting[key]
+
     def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
         """Recovery: the records read from the changelog, each partition's with its last offset in one write
         (Faust writes the rows and the offset apart)."""

@@ -129,6 +129,16 @@ class WorkerMetrics:
             "attribution_stale_snapshots", "Partial snapshots older than the one held (a zombie's, say): ignored",
             registry=registry,
         )
+        self.fenced_records = Counter(
+            "attribution_fenced_changelog_records",
+            "Changelog records dropped, not written: made before the worker lost their partitions (a zombie's)",
+            ("table",), registry=registry,
+        )
+        self.stale_changelog_records = Counter(
+            "attribution_stale_changelog_records",
+            "Changelog records skipped in recovery: older than the row held (a zombie's late one, or a row read again)",
+            ("table",), registry=registry,
+        )
         self.lag = BatchHistogram("attribution_event_lag_seconds", "Event time to processed", LAG_BUCKETS, registry)
         self.consumer_lag = Gauge(
             "attribution_consumer_lag", "Input messages not read yet, per owned partition", ("topic", "partition"),

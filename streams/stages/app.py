@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
+from streams.core.windows import channel_window_row_older, partial_row_older
 from streams.kafka.affiliate_directory import AffiliateDirectory
 from streams.kafka.bulk_recovery import read_changelogs_in_bulk
 from streams.kafka.faust_patches import (
@@ -15,6 +17,7 @@ from streams.kafka.faust_patches import (
     lower_fetch_wait,
     seek_uncommitted_partitions_to_beginning,
 )
+from streams.kafka.group_fence import GroupFence, track_group_liveness
 from streams.kafka.markov_effects import MarkovEffects
 from streams.kafka.tables import KeyPartitionedTable
 from streams.kafka.topics import (
@@ -61,6 +64,7 @@ def build(
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
     read_changelogs_in_bulk(BULK_RECOVERY_BUDGET_S)  # STATE_STORE=memory restarts in seconds, not minutes
+    track_group_liveness()  # the zombie fence (streams.kafka.group_fence) knows when the member was last alive
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],
@@ -100,11 +104,12 @@ def build(
     wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
     wiring.journeys = _table(app, settings, "journeys", wiring.partition_of, value_serializer="raw")  # packed rows
-    wiring.partials = _table(app, settings, "partials", lambda key: int(key.split("|", 1)[0]))
+    wiring.partials = _table(app, settings, "partials", lambda key: int(key.split("|", 1)[0]), older=partial_row_older)
     wiring.claims_table = _table(app, settings, "claims", wiring.partition_of)
     wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))
     wiring.channel_windows = _table(app, settings, "channel-windows",
-                                    lambda key: wiring.partition_of(key.rsplit("|", 1)[0]))
+                                    lambda key: wiring.partition_of(key.rsplit("|", 1)[0]),
+                                    older=channel_window_row_older)
     wiring.erasure_requests = app.topic(ERASURE_REQUESTS_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.erasure_topic = app.topic(ERASURES_TOPIC, partitions=n, key_type=bytes, value_type=bytes)
     wiring.erasure_log = app.topic(ERASURE_LOG_TOPIC, partitions=n)
@@ -140,6 +145,14 @@ def build(
     wiring.signal_keys = _table(app, settings, "signal-keys",
                                 lambda key: signals.key_partition(key, wiring.partition_of))
 
+    fence = GroupFence(app, session_timeout_s,
+                       on_dropped=lambda table, n: wiring.metrics.fenced_records.labels(table).inc(n))
+    for table in app.tables.values():
+        if isinstance(table, KeyPartitionedTable):
+            table.fence = fence
+            table.on_older = lambda table, n: wiring.metrics.stale_changelog_records.labels(table).inc(n)
+    wiring.fence = fence
+
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs
         intake.register(wiring, session_timeout_s)
     journeys.register(wiring)
@@ -156,7 +169,8 @@ def build(
 
 
 def _table(
-    app: faust.App, settings: Settings, name: str, partition_for: Callable[[str], int], value_serializer: str = "json"
+    app: faust.App, settings: Settings, name: str, partition_for: Callable[[str], int], value_serializer: str = "json",
+    older: Callable[[Any, Any], bool] | None = None,
 ) -> KeyPartitionedTable:
     table = KeyPartitionedTable(
         app,
@@ -167,6 +181,7 @@ def _table(
         value_codec=value_serializer,
         rocksdb_cache_bytes=settings.rocksdb_cache_mb * 1024 * 1024,
         partition_for=partition_for,
+        older=older,
         beacon=app.tables.beacon,
     )
     return app.tables.add(table)

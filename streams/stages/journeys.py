@@ -61,7 +61,7 @@ from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import OUTCOMES, BatchCounts
 from streams.stages import markov
 from streams.stages.metrics import SNAPSHOT_MESSAGE_BYTES, send_partial_snapshots
-from streams.stages.topology import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring, may_write
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
@@ -313,6 +313,8 @@ class JourneyStage:
                 self.dirty_partials.add(key)
 
     async def attribute_due(self) -> None:
+        if not may_write(self.w):  # the zombie fence: conversions wait, none is attributed from stale state
+            return
         async with self.attributing:
             await self._attribute_due()
 
@@ -582,6 +584,8 @@ class JourneyStage:
 
     # -- snapshots downstream and expiry ----------------------------------------------------------
     async def send_snapshots(self) -> None:
+        if not may_write(self.w):  # a zombie's would be ignored (their marks), but they are not sent at all
+            return
         dirty, self.dirty_partials = self.dirty_partials, set()
         await send_partial_snapshots(self.w, self.w.partials, dirty, self.stream_time)
 

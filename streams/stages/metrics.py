@@ -16,7 +16,7 @@ from streams.core.kpis import Figures, metrics_message
 from streams.core.windows import ChannelWindow, channel_figures, is_closed, parse_partial_key
 from streams.kafka.skipped_records import SkippedRecordGuard
 from streams.kafka.topics import json_arrays
-from streams.stages.topology import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring, may_write
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
@@ -83,6 +83,8 @@ class MetricsStage:
                 self.dirty.add(key)
 
     async def publish(self) -> None:
+        if not may_write(self.w):  # figures of a worker that may have lost its partitions stay unpublished
+            return
         s = self.w.settings
         closing = [
             key for key in self.w.channel_windows.data

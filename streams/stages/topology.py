@@ -107,6 +107,7 @@ class Wiring:
     markov_paths: Any = None
     markov_chain: Any = None
     markov_effects: Any = None  # streams.kafka.markov_effects.MarkovEffects: the latest model, on every worker
+    fence: Any = None  # streams.kafka.group_fence.GroupFence: whether the worker may write its changelogs now
     affiliates: AffiliateDirectory | None = None
     erasure_requests: Any = None  # erasure (section 10): stages/erasure.py
     erasure_topic: Any = None
@@ -125,6 +126,19 @@ class Wiring:
 
     def assigned(self, topic: str) -> set[int]:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def may_write(w: Any) -> bool:
+    """False while the worker's group membership may have lapsed (the zombie fence, streams.kafka.group_fence), and
+    in a new generation until its recovery has completed (the journeys table's): before it, the worker's state of a
+    partition it kept may be older than what another worker wrote meanwhile. A stage publishes nothing then, and
+    attributes nothing (an attribution made from such state would replace the right one on `attributions`)."""
+    fence = getattr(w, "fence", None)
+    if fence is None:
+        return True
+    journeys = getattr(w, "journeys", None)
+    recovered = journeys is None or getattr(journeys, "recovered_in", None) == fence.generation()
+    return recovered and fence.is_open()
 
 
 def instance_name(settings: Settings) -> str:
