@@ -9,7 +9,8 @@ an order of magnitude faster.
 Where it fits: Faust's recovery decides, per active changelog partition, the offset it reads from (the
 store's persisted offset, or the last one it read in an earlier generation, or the start). Just before that
 (`Recovery._build_offsets`), every such partition of a table stored in memory is read here from that offset
-(the start when there is none) to the end the partition had when reading began; Faust then starts at the
+(the start when there is none) to the highwater Faust took for it (the last offset when its recovery began:
+its consistency check stops the recovery for an offset past it); Faust then starts at the
 last offset read and reads only what came after it, as for a store with persisted offsets. A partition kept
 through a rebalance is read from where its last recovery ended, as Faust would: the rows the worker wrote
 since come back as they are. Reading stops after `budget_s` (Faust gives the step 90 s and stops recovering
@@ -52,7 +53,7 @@ def read_changelogs_in_bulk(budget_s: float) -> None:
     async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         if title == "active":
             tables = {tp: self.tp_to_table[tp] for tp in tps}
-            await read_in_bulk(bootstrap_of(self.app), tables, destination, budget_s)
+            await read_in_bulk(bootstrap_of(self.app), tables, destination, self.active_highwaters, budget_s)
         await build_offsets(self, consumer, tps, destination, title)
 
     _build_offsets.original = build_offsets  # type: ignore[attr-defined]
@@ -68,22 +69,27 @@ def bootstrap_of(app: Any) -> str:
 
 
 async def read_in_bulk(
-    bootstrap: str, tables: Mapping[Any, BulkReadTable], destination: MutableMapping[Any, Any], budget_s: float
+    bootstrap: str, tables: Mapping[Any, BulkReadTable], destination: MutableMapping[Any, Any],
+    highwaters: Mapping[Any, int | None], budget_s: float,
 ) -> None:
     """Apply each changelog partition of `tables` (Faust TP -> its table) that is stored in memory to its
     table, from after the offset `destination` holds for it (Faust's offsets: the last one applied, -1 or None
-    for none) to the partition's end at the time of asking; record in `destination` the last offset applied of
-    each partition that had records to read."""
+    for none) up to its offset in `highwaters` (Faust's: the last offset when its recovery began; None: the end
+    now). Faust's recovery does not read a record written after that (by a worker that owned the partition
+    before), and an offset past it would stop the recovery (`ConsistencyError`). Record in `destination` the
+    last offset applied of each partition that had records to read."""
     wanted = {TopicPartition(tp.topic, tp.partition): (tp, table) for tp, table in tables.items()
               if table.reads_changelog_in_bulk()}
     if not wanted:
         return
     read_from = {tp: destination.get(faust_tp) for tp, (faust_tp, _) in wanted.items()}
+    last_offsets = {tp: highwaters.get(faust_tp) for tp, (faust_tp, _) in wanted.items()}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                 fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
     await consumer.start()
     try:
-        last = await read_partitions(consumer, {tp: table for tp, (_, table) in wanted.items()}, read_from, budget_s)
+        last = await read_partitions(consumer, {tp: table for tp, (_, table) in wanted.items()}, read_from,
+                                     last_offsets, budget_s)
     finally:
         await consumer.stop()
     for tp, offset in last.items():
@@ -92,12 +98,14 @@ async def read_in_bulk(
 
 async def read_partitions(
     consumer: AIOKafkaConsumer, tables: Mapping[TopicPartition, BulkReadTable],
-    read_from: Mapping[TopicPartition, int | None], budget_s: float,
+    read_from: Mapping[TopicPartition, int | None], last_offsets: Mapping[TopicPartition, int | None],
+    budget_s: float,
 ) -> dict[TopicPartition, int]:
-    """Read each partition from after `read_from` (the last offset already applied; None or -1: none) to its
-    current end, or until `budget_s` has passed; the last offset applied per partition that had records to
-    read."""
+    """Read each partition from after `read_from` (the last offset already applied; None or -1: none) up to its
+    offset in `last_offsets` (None: its current end), or until `budget_s` has passed; the last offset applied
+    per partition that had records to read."""
     ends = await consumer.end_offsets(list(tables))
+    ends = {tp: end if last_offsets.get(tp) is None else min(end, last_offsets[tp] + 1) for tp, end in ends.items()}
     beginnings = await consumer.beginning_offsets(list(tables))
     firsts = {tp: max(beginnings[tp], next_offset(read_from.get(tp))) for tp in tables}
     remaining = {tp for tp in tables if ends[tp] > firsts[tp]}
