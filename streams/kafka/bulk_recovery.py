@@ -1,4 +1,4 @@
-"""STATE_STORE=memory: a changelog partition that recovery reads from its start is read in bulk first.
+"""STATE_STORE=memory: the changelogs a recovery reads are read in bulk first, straight into the tables.
 
 Faust recovers a table by handing every changelog record through its consumer's conductor, an event and a
 queue per record, and checks after each whether recovery is over: ~8,000 records a second here, so a kill -9
@@ -10,8 +10,8 @@ Where it fits: Faust's recovery decides, per active changelog partition, the off
 store's persisted offset, or the last one it read in an earlier generation, or the start). Just before that
 (`Recovery._build_offsets`), every such partition of a table stored in memory is read here from that offset
 (the start when there is none) to the highwater Faust took for it (the last offset when its recovery began:
-its consistency check stops the recovery for an offset past it); Faust then starts at the
-last offset read and reads only what came after it, as for a store with persisted offsets. A partition kept
+its consistency check stops the recovery for an offset past it); Faust then starts at the last offset read,
+as for a store with persisted offsets, and has nothing left to read up to its highwater. A partition kept
 through a rebalance is read from where its last recovery ended, as Faust would: the rows the worker wrote
 since come back as they are. Reading stops after `budget_s` (Faust gives the step 90 s and stops recovering
 for good past it): Faust reads the rest. A read cut short by a new rebalance records nothing, and the next
