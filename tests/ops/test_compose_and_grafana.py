@@ -54,6 +54,9 @@ OPS_METRICS = {
     "attribution_ltv_ltv_cac",
     "collector_events_produced_total",  # {type}
     "collector_requests_total",  # {route,status}
+    "attribution_fenced_changelog_records_total",  # {table}: the zombie fence (docs/reliability.md)
+    "attribution_stale_changelog_records_total",  # {table}
+    "attribution_stale_snapshots_total",
 }
 HISTOGRAMS = {"attribution_event_lag_seconds"}
 PROMETHEUS_BUILTIN = {"up", "ALERTS"}

@@ -236,6 +236,11 @@ def _synthetic_metrics(end: float) -> str:
                                    ("google_ads", "click_gap", 0.01)):
         labels = {"instance": WORKERS[0], "job": "attribution-worker", "channel": channel, "reason": reason}
         add("attribution_suspect_total", labels, lambda s, r=per_s: r * s)
+    zombie = {"instance": WORKERS[1], "job": "attribution-worker"}
+    for table, per_s in (("journeys", 0.2), ("partials", 0.05)):
+        add("attribution_fenced_changelog_records_total", {**zombie, "table": table}, lambda s, r=per_s: r * s)
+        add("attribution_stale_changelog_records_total", {**zombie, "table": table}, lambda s, r=per_s / 4: r * s)
+    add("attribution_stale_snapshots_total", zombie, lambda s: 0.01 * s)
     collector = {"instance": "collector:8080", "job": "attribution-collector"}
     add("up", collector, lambda _: 1)
     add("attribution_collector_bots_total", collector, lambda s: 0.3 * s)
