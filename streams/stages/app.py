@@ -151,6 +151,9 @@ def build(
         if isinstance(table, KeyPartitionedTable):
             table.fence = fence
             table.on_older = lambda table, n: wiring.metrics.stale_changelog_records.labels(table).inc(n)
+            # at 0 from the start, so that a dashboard shows "none" rather than no data
+            wiring.metrics.fenced_records.labels(table.name)
+            wiring.metrics.stale_changelog_records.labels(table.name)
     wiring.fence = fence
 
     if settings.worker_intake:  # WORKER_INTAKE=off: `attribution intake` processes read the inputs

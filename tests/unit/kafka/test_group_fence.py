@@ -14,7 +14,7 @@ from faust.types import TP
 
 from streams.config import Settings
 from streams.kafka.group_fence import ALIVE_AT, NO_GENERATION, GroupFence
-from streams.kafka.tables import KEY_CODECS, VALUE_CODECS
+from streams.kafka.tables import KEY_CODECS, VALUE_CODECS, KeyPartitionedTable
 from streams.serving.store import open_store
 from streams.stages.app import build
 from streams.stages.topology import Wiring, may_write
@@ -189,6 +189,15 @@ async def test_in_a_new_generation_held_records_go_only_where_the_partition_is_s
     assert [value for _, value in client.sent[2]] == [b"old", b"recovered"]  # written by another: the late dropped
     assert [value for _, value in client.sent[3]] == [b"late", b"late"]  # unwritten since its recovery: they go
     assert sorted(fence.drops) == [("journeys", 2), ("journeys", 2)]
+
+
+def test_every_key_partitioned_table_has_its_fence_counters_at_zero_from_the_start(wiring: Wiring) -> None:
+    """A dashboard shows "none" for a worker that never met a zombie, not "no data"."""
+    tables = [t.name for t in wiring.app.tables.values() if isinstance(t, KeyPartitionedTable)]
+    assert "journeys" in tables and "partials" in tables
+    for metric in ("attribution_fenced_changelog_records_total", "attribution_stale_changelog_records_total"):
+        counted = {table: wiring.registry.get_sample_value(metric, {"table": table}) for table in tables}
+        assert all(n is not None for n in counted.values()), f"{metric}: {counted}"
 
 
 async def test_a_dropped_record_is_counted_by_table(wiring: Wiring) -> None:
