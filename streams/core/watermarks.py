@@ -18,7 +18,8 @@ So a conversion waits until every touchpoint source has passed its ts, not only 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 CAUGHT_UP = 2**62  # a watermark past any event time: the source has nothing unread
@@ -66,6 +67,12 @@ class TouchProgress:
             self.max_ts.pop(tp, None)
 
 
+@functools.lru_cache(maxsize=64)
+def every_partition(counts: tuple[tuple[str, int], ...]) -> frozenset[str]:
+    """("topic", n) pairs -> {"topic/0", ..., "topic/n-1"} for each."""
+    return frozenset(f"{topic}/{p}" for topic, n in counts for p in range(n))
+
+
 class SourceWatermarks:
     """Per journey partition, the latest watermark each intake reported, with the input partitions it
     owned then. A source not heard from for `stale_after_s` (a worker gone) is ignored once the live
@@ -79,7 +86,11 @@ class SourceWatermarks:
     one killed before its first report never will (its partitions wait for the session timeout and the
     next rebalance). Without this the other sources' marks alone released conversions whose touchpoints
     were still unread there (issue #20: an intake killed just after it joined its group; the conversions
-    went to `(direct)` or lost touchpoints, and with them their Markov paths)."""
+    went to `(direct)` or lost touchpoints, and with them their Markov paths). Reports also carry how many
+    partitions each input topic has (`partitions`), so a worker that has just started, or has just been
+    given the journey partition, knows every input partition from its first report, including those of an
+    intake killed before it heard from it (CI's churn test on the cluster: leads credited to the wrong
+    channel)."""
 
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after_s = stale_after_s
@@ -87,9 +98,13 @@ class SourceWatermarks:
         self.known: dict[int, frozenset[str]] = {}  # per journey partition: every input partition reported
 
     def report(self, partition: int, source: str, watermark: int, now: float,
-               owned: Iterable[str] | None = None) -> None:
+               owned: Iterable[str] | None = None, partitions: Mapping[str, int] | None = None) -> None:
+        """`owned`: the input partitions ("topic/partition") the watermark is about; `partitions`: every input
+        topic's number of partitions, as the source's consumer knows them."""
         owns = None if owned is None else frozenset(owned)
         self.marks.setdefault(partition, {})[source] = (watermark, now, owns)
+        if partitions:
+            owns = (owns or frozenset()) | every_partition(tuple(sorted(partitions.items())))
         if owns and not owns <= self.known.get(partition, frozenset()):
             self.known[partition] = self.known.get(partition, frozenset()) | owns
 

@@ -13,6 +13,7 @@ carries this intake's touchpoint watermark (see `streams.core.watermarks`):
 
     {"src": "<worker>", "wm": <event time the touchpoint partitions are read up to>,
      "own": ["<topic>/<partition>", ...: the touchpoint partitions that "wm" is about],
+     "n": {"<topic>": <its number of partitions>, ...: every touchpoint partition, owned or not},
      "mx": <the highest event time read before this batch>, "e": [[key, row], ...]}
 
 `mx` gives every journey partition the stream's event time, so that lateness is judged the
@@ -104,6 +105,7 @@ class Intake:
         self.progress = TouchProgress()
         self.mark = NOTHING_READ  # the watermark of the last heartbeat: conversions wait for the first
         self.owned: list[str] | None = None  # the input partitions ("topic/partition") that `mark` is about
+        self.partition_counts: dict[str, int] = {}  # every touchpoint topic's partitions, from the metadata
         self.invalid = {topic: w.metrics.events.labels(kind, "invalid") for topic, kind in TOPIC_TYPES.items()}
         self.stream_time = 0  # highest event time read (never ahead of now by more than the tolerance)
         self.last_lag_report = 0.0
@@ -168,8 +170,8 @@ class Intake:
             self.stream_time = max(self.stream_time, min(refund.ts, int(time.time() * 1000) + FUTURE_TOLERANCE_MS))
 
     async def send(self, partition: int, watermark: int, items: list[list[Any]]) -> None:
-        value = orjson.dumps({"src": self.source, "wm": watermark, "own": self.owned, "mx": self.stream_time,
-                              "e": items})
+        value = orjson.dumps({"src": self.source, "wm": watermark, "own": self.owned, "n": self.partition_counts,
+                              "mx": self.stream_time, "e": items})
         await self.produce(JOURNEY_TOPIC, value, partition)
 
     async def produce(self, topic: str, value: bytes, partition: int | None = None) -> None:
@@ -192,6 +194,10 @@ class Intake:
             return
         self.mark = self.progress.watermark(owned, ends.get, lambda tp: position(self.consumer, tp), asked_at)
         self.owned = sorted(f"{tp.topic}/{tp.partition}" for tp in owned)
+        for topic in WATERMARK_TOPICS:
+            partitions = self.consumer.partitions_for_topic(topic)
+            if partitions:
+                self.partition_counts[topic] = len(partitions)
 
     async def heartbeat(self) -> None:
         """Tell every journey partition how far this intake has read, even when nothing is routed there."""

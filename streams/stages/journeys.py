@@ -138,7 +138,7 @@ class JourneyStage:
             message = orjson.loads(event.message.value)
             for position, (key, row) in enumerate(message["e"]):
                 self.absorb(partition, seq_of(offset, position), key, from_row(row), absorbed)
-            self.sources.report(partition, message["src"], message["wm"], now, message.get("own"))
+            self.sources.report(partition, message["src"], message["wm"], now, message.get("own"), message.get("n"))
             self.stream_time = max(self.stream_time, message.get("mx", 0))
             self.grace.read(partition, offset, now)
         journeys = absorbed.journeys

@@ -270,6 +270,9 @@ async def test_every_valid_input_reaches_the_journey_stage_once_keyed_by_trackin
     records = await consume_all(broker.bootstrap, JOURNEY_TOPIC, timeout=15)
 
     assert seen(records) == wanted
+    # every message tells the journey stage how many partitions each touchpoint topic has, owned or not
+    counts = {"impressions": PARTITIONS, "clicks": PARTITIONS, "leads": PARTITIONS, "orders": PARTITIONS}
+    assert orjson.loads(records[-1].value)["n"] == counts
     by_id = {}
     for record in records:
         for key, row in journey_items(record.value):

@@ -201,6 +201,31 @@ def test_an_input_partition_whose_owner_has_not_reported_holds_conversions_until
     assert grace.ready(13.5, ALL) == [(P, "conversion", 1)]
 
 
+def test_a_journey_partition_s_new_owner_knows_every_input_partition_from_its_first_report() -> None:
+    """Churn on the cluster (CI): intake b is killed; the journey partition moves to a worker that never heard
+    from b, and reads on from the last commit, past b's last report. Only a reports, owning its own half; b's
+    half waits for the session timeout and the next rebalance. Its touchpoints are unread: a conversion must
+    wait, which the input topics' partition counts in a's report say. Without them it went out on a's mark
+    alone, and leads were credited to the visitor's earlier channel."""
+    counts = {"clicks": 2, "impressions": 2}
+    grace = GraceQueue(0.5, 30.0, SourceWatermarks(stale_after_s=10.0))
+    grace.add(P, "conversion", 1, T, now=0.0)
+    grace.sources.report(P, "a", CAUGHT_UP, now=1.0, owned=["clicks/0", "impressions/0"], partitions=counts)
+    assert grace.sources.watermark(P, now=1.0) == NOTHING_READ, "clicks/1 and impressions/1 are nobody's yet"
+    assert grace.ready(2.0, ALL) == []
+    everything = ["clicks/0", "clicks/1", "impressions/0", "impressions/1"]
+    grace.sources.report(P, "a", T + 1, now=9.0, owned=everything, partitions=counts)  # a has b's half, read
+    assert grace.ready(9.5, ALL) == [(P, "conversion", 1)]
+
+
+def test_an_input_topic_given_more_partitions_holds_conversions_until_its_new_ones_are_owned() -> None:
+    sources = SourceWatermarks(stale_after_s=10.0)
+    sources.report(P, "a", T, now=0.0, owned=["clicks/0"], partitions={"clicks": 1})
+    assert sources.watermark(P, now=0.0) == T
+    sources.report(P, "a", T + 1, now=1.0, owned=["clicks/0"], partitions={"clicks": 2})
+    assert sources.watermark(P, now=1.0) == NOTHING_READ
+
+
 def test_an_intake_that_owns_nothing_claims_nothing() -> None:
     sources = SourceWatermarks(stale_after_s=10.0)
     sources.report(P, "idle", CAUGHT_UP, now=0.0, owned=[])
