@@ -36,6 +36,7 @@ import orjson
 import pytest
 
 from tests.integration.reliability_support import (
+    JOURNEYS_CHANGELOG,
     S,
     Scenario,
     assert_exact_on,
@@ -97,6 +98,8 @@ async def test_kill_9_of_the_only_worker_mid_run_loses_and_double_counts_nothing
     producing = asyncio.create_task(produce_steps(broker.bootstrap, scenario.steps, pause=0.05))
 
     at_kill = await wait_processed(worker, int(scenario.total_sent * 0.4), timeout=120)
+    # a worker judges a batch before its rows are on the changelog: at least one must be, for a restore to read
+    await consume_all(broker.bootstrap, JOURNEYS_CHANGELOG, until=bool, timeout=60)
     worker.kill()
     assert 0 < at_kill < scenario.total_sent, f"not killed mid-run: {at_kill} of {scenario.total_sent} judged"
     await asyncio.sleep(1.0)
