@@ -608,6 +608,15 @@ class GraceQueue:
                 out.append((partition, key, seq))
         return out
 
+    def keep_only(self, partitions: set[int]) -> None:
+        """Forget the conversions of every other partition (given away in a rebalance: their new owner queues
+        them from the rows it recovers, and so does this worker if one comes back)."""
+        for partition in [p for p in self.waiting if p not in partitions]:
+            for item in self.waiting.pop(partition):
+                self.queued.discard((item[2], item[3]))
+        for partition in [p for p in self.held if p not in partitions]:
+            del self.held[partition]
+
     def hold(self, partition: int, offset: int) -> None:
         """Nothing of the partition leaves until `read` reports a message at or past `offset`."""
         self.held[partition] = max(offset, self.held.get(partition, offset))

@@ -287,6 +287,7 @@ class JourneyStage:
         """After recovery: every pending conversion of these partitions waits the grace again, and stream
         time resumes from the newest event the recovered journeys hold, so that a window closed before a
         restart stays closed after it (the same clamp as `absorb`)."""
+        self.grace.keep_only(self.w.assigned(self.w.journey_events.get_topic_name()))
         found = []
         newest = 0
         for key, row in self.w.journeys.data.items():  # no await inside: nothing writes meanwhile

@@ -135,4 +135,21 @@ def test_a_put_back_item_is_ready_again_after_its_delay_even_without_a_report() 
     assert grace.ready(101.0, ALL) == [(P, "t1", 1)]
 
 
+def test_the_conversions_of_partitions_given_away_are_forgotten_and_queued_again_when_one_comes_back() -> None:
+    """A rebalance took partition 1: its conversions are its new owner's, and no longer count as waiting here
+    (the health page's `pending_conversions` counted them for ever). When it comes back they are queued anew
+    from the recovered rows, with the time they are queued at."""
+    grace, sources = queue()
+    grace.add(P, "t1", 1, T, now=100.0)
+    grace.add(1, "t2", 2, T, now=100.0)
+    grace.hold(1, 7)
+    grace.keep_only({P})
+    assert len(grace) == 1 and grace.held == {}
+    grace.add(1, "t2", 2, T, now=200.0)  # recovered again
+    sources.report(1, "intake-a", CAUGHT_UP, now=200.0)
+    sources.report(P, "intake-a", CAUGHT_UP, now=200.0)
+    assert grace.ready(200.0 + GRACE - 0.001, ALL) == [(P, "t1", 1)]
+    assert grace.ready(200.0 + GRACE, ALL) == [(1, "t2", 2)]
+
+
 HOUR_MS = 3_600_000
