@@ -15,6 +15,7 @@ from a true repeat of the event ("duplicate", counted once, never again).
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import struct
 from collections import deque
@@ -546,6 +547,41 @@ def row_facts(row: bytes | list[Any]) -> tuple[int, int, bool]:
         return last_ts, expires_s * 1000, bool(first & HAS_PENDING)
     journey = Journey.from_row(row)
     return journey.last_ts, journey.expires_s * 1000, bool(journey.pending)
+
+
+@functools.lru_cache(maxsize=1024)
+def sequences_of(n_touches: int, touch_size: int, n_ids: int) -> struct.Struct:
+    """Reads the sequence number of every touch record and id record of a row, in one call."""
+    return struct.Struct(f"<{f'8xq{touch_size - 16}x' * n_touches}{f'8xq{ID_RECORD.size - 16}x' * n_ids}")
+
+
+def row_mark(row: bytes | list[Any]) -> int:
+    """The highest sequence number a row holds (of a touchpoint, a remembered id or a pending conversion): how far
+    into the journeys topic the state it was made from reached. A row only ever gains such records, or loses its
+    oldest (the newest goes only when everything does), so a row with a lower mark was made from older state."""
+    if not isinstance(row, bytes) or row[:1] == b"[":
+        journey = Journey.from_row(row)
+        seqs = [t[1] for t in journey.touches] + [seq for seq, _ in journey.ids.values()]
+        return max(seqs + [seq for seq, _ in journey.pending], default=-1)
+    layout = WIDE_ROW if row[0] & WIDE else NARROW_ROW
+    first, _, _, n_names, n_touches, n_ids = layout.header.unpack_from(row)
+    start = layout.header.size
+    if layout is WIDE_ROW:
+        offset = start + 2 * n_names + sum(struct.unpack_from(f"<{n_names}H", row, start))
+    else:
+        offset = start + n_names + sum(row[start : start + n_names])
+    mark = max(sequences_of(n_touches, layout.touch.size, n_ids).unpack_from(row, offset), default=-1)
+    if first & HAS_PENDING:
+        pending_at = offset + n_touches * layout.touch.size + n_ids * ID_RECORD.size
+        mark = max(mark, max(seq for seq, _ in orjson.loads(row[pending_at:])))
+    return mark
+
+
+def journey_row_older(held: bytes | list[Any], row: bytes | list[Any]) -> bool:
+    """A journey row made from older state than the one held (a lower mark, `row_mark`): a late changelog record
+    of a worker that had lost the partition (a zombie's), which recovery skips. Equal marks: the later record
+    stands (the same events, later in what was attributed)."""
+    return row_mark(row) < row_mark(held)
 
 
 def spend_key(channel: str, event_id: str) -> str:

@@ -9,6 +9,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
+from streams.core.journeys import journey_row_older
 from streams.core.windows import channel_window_row_older, partial_row_older
 from streams.kafka.affiliate_directory import AffiliateDirectory
 from streams.kafka.bulk_recovery import read_changelogs_in_bulk
@@ -103,7 +104,8 @@ def build(
     wiring.attributions = app.topic(ATTRIBUTIONS_TOPIC, partitions=n)
     wiring.metrics_channel = app.topic(METRICS_CHANNEL_TOPIC, partitions=n)
     wiring.metrics_campaign = app.topic(METRICS_CAMPAIGN_TOPIC, partitions=n)
-    wiring.journeys = _table(app, settings, "journeys", wiring.partition_of, value_serializer="raw")  # packed rows
+    wiring.journeys = _table(app, settings, "journeys", wiring.partition_of, value_serializer="raw",  # packed rows
+                             older=journey_row_older)
     wiring.partials = _table(app, settings, "partials", lambda key: int(key.split("|", 1)[0]), older=partial_row_older)
     wiring.claims_table = _table(app, settings, "claims", wiring.partition_of)
     wiring.claims = claims or TableClaims(wiring.claims_table, lambda: wiring.assigned(JOURNEY_TOPIC))

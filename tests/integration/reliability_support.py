@@ -550,24 +550,32 @@ def absorbed_ids(row: bytes) -> set[int]:
     return set(journey.ids) | {touch[2] for touch in journey.touches}
 
 
-def changelog_regressions(records: Iterable[Any]) -> list[str]:
+def changelog_regressions(records: Iterable[Any]) -> tuple[list[str], list[str]]:
     """Journey records that forget an event an earlier record of the same key held: a row written from older
-    state after a newer one (a zombie's late write; Known limits (1) in docs/reliability.md). Within a short
-    run nothing expires, so a key's rows only ever gain ids; a tombstone starts the key over."""
-    held: dict[bytes, tuple[set[int], int]] = {}
-    problems = []
+    state after a newer one (a zombie's late write). Within a short run nothing expires, so a key's rows only ever
+    gain ids; a tombstone starts the key over. Returned in two lists: those recovery would keep, the row it holds
+    being the last it did not skip as older by its mark (`streams.core.journeys.journey_row_older`), and those it
+    would skip."""
+    from streams.core.journeys import journey_row_older
+
+    held: dict[bytes, tuple[bytes, set[int], int]] = {}
+    kept, skipped = [], []
     for record in records:
         if record.value is None:
             held.pop(record.key, None)
             continue
         ids = absorbed_ids(record.value)
-        before, made = held.get(record.key, (set(), 0))
+        row, before, made = held.get(record.key, (b"", set(), 0))
         lost = before - ids
+        found = (f"{record.key!r} at {record.partition}/{record.offset}: {len(lost)} ids gone "
+                 f"(made {record.timestamp - made} ms after the newer row)")
+        if row and journey_row_older(row, record.value):
+            skipped.append(found)
+            continue
         if lost:
-            problems.append(f"{record.key!r} at {record.partition}/{record.offset}: {len(lost)} ids gone "
-                            f"(made {record.timestamp - made} ms after the newer row)")
-        held[record.key] = ids, record.timestamp
-    return problems
+            kept.append(found)
+        held[record.key] = record.value, ids, record.timestamp
+    return kept, skipped
 
 
 PARTIALS_CHANGELOG = "attribution-partials-changelog"
@@ -604,7 +612,9 @@ def channel_window_marks(row: Any) -> dict[str, list[int]]:
 async def zombie_report(bootstrap: str, zombie: WorkerProcess) -> dict[str, list[str]]:
     """After a zombie run: the records written from older state than an earlier record of their key, per changelog,
     printed with what the zombie's fence dropped and what recovery skipped; returned for the test to judge."""
-    late = {"journeys": changelog_regressions(await consume_all(bootstrap, JOURNEYS_CHANGELOG, timeout=30))}
+    late: dict[str, list[str]] = {}
+    late["journeys"], late["journeys, skipped by recovery"] = changelog_regressions(
+        await consume_all(bootstrap, JOURNEYS_CHANGELOG, timeout=30))
     for topic, marks_of in ((PARTIALS_CHANGELOG, partial_marks), (CHANNEL_WINDOWS_CHANGELOG, channel_window_marks)):
         late[topic] = mark_regressions(await consume_all(bootstrap, topic, timeout=30), marks_of)
     counted = await asyncio.to_thread(scrape, zombie) if zombie.alive else {}

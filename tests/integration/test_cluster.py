@@ -190,9 +190,10 @@ async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_noth
     partitions over and finishes the whole run; then the zombie wakes up with its old state in memory.
     Whatever it had queued must not overwrite the new owner's: the figures stay exact after it woke and took
     partitions back. The fence (streams.kafka.group_fence) holds its changelog records from the moment it wakes
-    and drops those of partitions another worker wrote meanwhile, so no journey record of it lands after the new
-    owner's; records it had handed to the Kafka client before the pause still do (partials, channel windows),
-    and recovery skips them by their sequence marks (`attribution_stale_changelog_records_total`)."""
+    and drops those of partitions another worker wrote meanwhile; records it had handed to the Kafka client before
+    the pause still land after the new owner's (journeys, partials, channel windows), and recovery skips them by
+    their sequence marks (`attribution_stale_changelog_records_total`): no journey record that forgets what an
+    earlier one held may be one recovery keeps."""
     workers = await start_workers(make_worker, cluster.bootstrap, worker_env(redis_url), "zombie", 2)
     assert await poll(lambda: shared(workers, PARTITIONS), timeout=60), "the two workers never shared the partitions"
     survivor, zombie = workers
@@ -222,5 +223,5 @@ async def test_a_paused_worker_that_wakes_after_its_partitions_moved_writes_noth
                               survivor, zombie)
     finally:
         late = await zombie_report(cluster.bootstrap, zombie)
-    assert late["journeys"] == [], f"journey records of the zombie landed after the new owner's: {late['journeys'][:5]}"
+    assert late["journeys"] == [], f"journey records from older state that recovery keeps: {late['journeys'][:5]}"
     assert survivor.alive

@@ -26,7 +26,9 @@ from streams.core.journeys import (
     Retention,
     event_ids,
     id_hash,
+    journey_row_older,
     row_facts,
+    row_mark,
     seq_of,
     spend_key,
 )
@@ -560,3 +562,59 @@ def test_no_hour_ever_holds_more_kept_clicks_than_the_limit(times: list[int]) ->
         journey.admit(click(f"c{i}", T0 + offset), i + 1, RETENTION, FLOOD)
     kept = sorted(t[0] for t in journey.touches)
     assert all(sum(start <= t < start + HOUR for t in kept) <= FLOOD.clicks for start in kept)
+
+
+# --- row marks: which of two rows of a key was made from newer state (recovery skips the older) ---
+
+
+def expected_mark(journey: Journey) -> int:
+    seqs = [t[1] for t in journey.touches] + [seq for seq, _ in journey.ids.values()]
+    return max(seqs + [seq for seq, _ in journey.pending], default=-1)
+
+
+@given(st.lists(st.tuples(st.sampled_from("icl"), st.integers(0, 400), st.integers(0, 10**6)), max_size=40),
+       st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_a_row_s_mark_is_the_highest_sequence_it_holds_in_either_layout(
+    events: list[tuple[str, int, int]], wide_name: bool
+) -> None:
+    journey = Journey()
+    if wide_name:
+        admit(journey, Touch("c", "wide", T0, "t1", "google_ads", "ü" * 200, None, 0.0), 0)
+    for kind, i, seq in events:
+        if kind == "l":
+            lead = Lead("l", f"l{i}", T0 + i, "t1", None)
+            if admit(journey, lead, seq) is Admission.NEW:
+                journey.add_pending(seq, lead)
+        else:
+            admit(journey, (click if kind == "c" else impression)(f"{kind}{i}", T0 + i), seq)
+    row = journey.to_row()
+    assert bool(row[0] & WIDE) == wide_name
+    assert row_mark(row) == expected_mark(journey)
+
+
+def test_a_row_of_the_earlier_json_form_has_its_mark_too() -> None:
+    journey = Journey()
+    admit(journey, click("c1", T0), seq_of(3, 1))
+    journey.add_pending(seq_of(5, 0), order("o1"))
+    earlier = [[[T0, "c", "google_ads", "brand", None, "c1"]], [[id_hash("e:c1"), seq_of(3, 1), T0]],
+               [[seq_of(5, 0), list(order("o1"))]], T0]
+    assert row_mark(orjson.dumps(earlier)) == seq_of(5, 0)
+
+
+def test_a_row_made_before_the_last_events_of_its_key_is_older_and_an_equal_mark_is_not() -> None:
+    """A zombie's late record: its state had not absorbed what the new owner's row holds."""
+    journey = Journey()
+    admit(journey, click("c1", T0), seq_of(10, 0))
+    before = journey.to_row()
+    admit(journey, click("c2", T0 + MINUTE), seq_of(12, 3))
+    after = journey.to_row()
+    assert journey_row_older(after, before) and not journey_row_older(before, after)
+    lead = Lead("l", "l1", T0 + HOUR, "t1", None)
+    admit(journey, lead, seq_of(13, 0))
+    journey.add_pending(seq_of(13, 0), lead)
+    waiting = journey.to_row()
+    journey.take_pending(seq_of(13, 0))  # attributed: its id stays, with the same mark
+    attributed = journey.to_row()
+    assert not journey_row_older(waiting, attributed) and not journey_row_older(attributed, waiting)
+    assert journey_row_older(waiting, after)

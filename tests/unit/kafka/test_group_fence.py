@@ -13,6 +13,8 @@ import pytest
 from faust.types import TP
 
 from streams.config import Settings
+from streams.core.events import Touch
+from streams.core.journeys import Journey, Retention, seq_of
 from streams.kafka.group_fence import ALIVE_AT, NO_GENERATION, GroupFence
 from streams.kafka.tables import KEY_CODECS, VALUE_CODECS, KeyPartitionedTable
 from streams.serving.store import open_store
@@ -237,6 +239,28 @@ def test_recovery_skips_a_channel_window_s_row_that_holds_a_source_at_older_mark
     assert table.data["email|1"] == grown
     assert wiring.registry.get_sample_value("attribution_stale_changelog_records_total",
                                             {"table": "channel-windows"}) == 2
+
+
+def test_recovery_skips_a_journey_row_made_before_the_events_the_row_held_has_absorbed(wiring: Wiring) -> None:
+    """A zombie's journey row, handed to the Kafka client before its pause, lands after the new owner's: recovery
+    keeps the new owner's (its touchpoints), by the rows' marks (`journey_row_older`), in both recovery paths."""
+    table, ts = wiring.journeys, 1796688000000
+    journey = Journey()
+    retention = Retention.of(wiring.settings)
+    journey.admit(Touch("c", "c1", ts, "v1", "email", "(none)", None, 0.0), seq_of(10, 0), retention)
+    zombie_s = journey.to_row()
+    journey.admit(Touch("c", "c2", ts + 60_000, "v1", "google_ads", "generic", None, 0.0), seq_of(12, 0), retention)
+    new_owner_s = journey.to_row()
+    table.apply_changelog_batch([changelog_event("v1", new_owner_s), changelog_event("v1", zombie_s)])
+    assert table.data["v1"] == new_owner_s
+    table.data.data.clear()
+    key = KEY_CODECS[table.key_serializer]("v1")
+    table.apply_changelog_records(0, [(key, new_owner_s), (key, zombie_s)])
+    assert table.data["v1"] == new_owner_s
+    table.apply_changelog_records(0, [(key, None), (key, zombie_s)])  # after an erasure, any row stands
+    assert table.data["v1"] == zombie_s
+    assert wiring.registry.get_sample_value("attribution_stale_changelog_records_total", {"table": "journeys"}) == 2
+    table.data.data.clear()
 
 
 def test_the_bulk_recovery_read_skips_what_faust_s_recovery_skips(wiring: Wiring) -> None:
