@@ -28,10 +28,12 @@ from tests.integration.services import (  # noqa: E402
 )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs tests in parallel (pytest-xdist, `--dist loadgroup`): a module whose tests share a module- or
     class-scoped fixture (a worker, a broker, a produced scenario) runs on one xdist worker, so that the fixture is
-    set up once; the tests of other modules are spread one by one."""
+    set up once; the tests of other modules are spread one by one. First: xdist's own hook reads the marks
+    (tests/ops/test_xdist_grouping.py)."""
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         definitions = fixtures.name2fixturedefs.values() if fixtures else ()
