@@ -557,8 +557,10 @@ def sequences_of(n_touches: int, touch_size: int, n_ids: int) -> struct.Struct:
 
 def row_mark(row: bytes | list[Any]) -> int:
     """The highest sequence number a row holds (of a touchpoint, a remembered id or a pending conversion): how far
-    into the journeys topic the state it was made from reached. A row only ever gains such records, or loses its
-    oldest (the newest goes only when everything does), so a row with a lower mark was made from older state."""
+    into the journeys topic the state it was made from reached. A row gains such records and loses them only to
+    pruning, so a row with a lower mark was made from older state, but for one case: pruning a touchpoint that came
+    late with an old ts can lower the mark. Recovery then keeps the row before that prune, and the prunable records
+    it still holds count for nothing (their retention is judged again at the next event of the visitor)."""
     if not isinstance(row, bytes) or row[:1] == b"[":
         journey = Journey.from_row(row)
         seqs = [t[1] for t in journey.touches] + [seq for seq, _ in journey.ids.values()]
