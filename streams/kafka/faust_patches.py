@@ -20,7 +20,7 @@ the journeys topic and lost every event routed there before the crash (found by
 tests/integration/test_reliability.py). Such a partition is now sought to its beginning, which is what
 `consumer_auto_offset_reset="earliest"` means for it.
 
-`lower_fetch_wait`: the worker consumer's fetch wait, hard-coded to 1.5 s by Faust.
+`set_fetch_limits`: the worker consumer's fetch wait (hard-coded to 1.5 s by Faust) and fetch size.
 """
 
 from __future__ import annotations
@@ -81,21 +81,22 @@ def seek_uncommitted_partitions_to_beginning() -> None:
     AIOKafkaConsumerThread.seek_to_committed = seek  # type: ignore[method-assign]
 
 
-def lower_fetch_wait(ms: int) -> None:
-    """Faust hard-codes fetch_max_wait_ms=1500 in its worker consumer: p50 latency 1.2-1.7 s.
-    Lower it on the consumer Faust builds (measured here: 13-46 ms end to end with 10 ms)."""
+def set_fetch_limits(max_wait_ms: int, min_bytes: int) -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500 in its worker consumer (p50 latency 1.2-1.7 s) and leaves
+    fetch_min_bytes at 1: the consumer Faust builds gets these instead (see streams.stages.topology)."""
     from faust.transport.drivers import aiokafka as driver
 
     thread = driver.AIOKafkaConsumerThread
-    if getattr(thread._create_worker_consumer, "fetch_wait_ms", None) == ms:
+    limits = (max_wait_ms, min_bytes)
+    if getattr(thread._create_worker_consumer, "fetch_limits", None) == limits:
         return
     original = getattr(thread._create_worker_consumer, "original", thread._create_worker_consumer)
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
+        consumer._fetch_max_wait_ms, consumer._fetch_min_bytes = limits
         return consumer
 
     create_worker_consumer.original = original  # type: ignore[attr-defined]
-    create_worker_consumer.fetch_wait_ms = ms  # type: ignore[attr-defined]
+    create_worker_consumer.fetch_limits = limits  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer

@@ -15,8 +15,8 @@ from streams.kafka.affiliate_directory import AffiliateDirectory
 from streams.kafka.bulk_recovery import read_changelogs_in_bulk
 from streams.kafka.faust_patches import (
     drain_producer_buffer_on_flush,
-    lower_fetch_wait,
     seek_uncommitted_partitions_to_beginning,
+    set_fetch_limits,
 )
 from streams.kafka.group_fence import GroupFence, track_group_liveness
 from streams.kafka.markov_effects import MarkovEffects
@@ -42,6 +42,7 @@ from streams.stages.topology import (
     CUSTOMER_ORDERS_TOPIC,
     ERASURES_TOPIC,
     FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
     JOURNEY_TOPIC,
     LEDGER_TOPIC,
     LTV_PARTIALS_TOPIC,
@@ -61,7 +62,7 @@ def build(
 ) -> Wiring:
     """The worker's app. Claims on customers and order ids go to `claims` (Redis) when given, else to the
     changelogged `claims` table. `replication`: of the topics Faust creates (the engine's own exist already)."""
-    lower_fetch_wait(FETCH_MAX_WAIT_MS)
+    set_fetch_limits(FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES)
     drain_producer_buffer_on_flush()  # offsets are committed only after the table changes are sent
     seek_uncommitted_partitions_to_beginning()  # nothing fetched before a rebalance is skipped
     read_changelogs_in_bulk(BULK_RECOVERY_BUDGET_S)  # STATE_STORE=memory restarts in seconds, not minutes
