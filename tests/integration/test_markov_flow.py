@@ -191,13 +191,16 @@ async def latest_model(bootstrap: str) -> list[dict[str, Any]]:
 
 
 async def wait_model(bootstrap: str, truth: Truth, timeout: float) -> list[dict[str, Any]]:
-    """The newest computation once it counts every seeded path (or the newest when the time is up)."""
+    """The newest computation once it counts every seeded path and all its channels are read (its messages are on
+    several partitions: a read between two of their writes holds some channels only), or the newest when the time
+    is up."""
     latest: list[dict[str, Any]] = []
+    channels = sorted(exact_shares(truth.paths)[0])
 
     async def counted() -> bool:
         nonlocal latest
         latest = await latest_model(bootstrap)
-        return bool(latest) and all(
+        return [m["channel"] for m in latest] == channels and all(
             (m["paths"], m["converting_paths"], m["null_paths"]) == (len(truth.paths), truth.converting, truth.null)
             for m in latest)
 
