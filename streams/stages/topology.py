@@ -63,7 +63,8 @@ LEDGER_TOPIC = "attribution-order-ledger"
 # A worker's fetch returns once FETCH_MIN_BYTES are there or FETCH_MAX_WAIT_MS has passed. With 10 ms and 1 byte
 # its consumer sent hundreds of fetches a second, each naming every partition it reads (~40), and spent a quarter
 # of the worker's CPU on them at 5,000 events/s (bench/RESULTS.md, 2026-12-08: 30 ms and 32 KiB cut the worker's
-# CPU at that rate by ~20-30%, the touchpoints' p99 unchanged). The intake's consumer waits as long, for 1 byte.
+# CPU by 16-33% at 1,000-5,000 events/s, the touchpoints' p99 unchanged). The intake's consumer waits as long, for
+# 1 byte.
 FETCH_MAX_WAIT_MS = 30
 FETCH_MIN_BYTES = 32 * 1024
 PRODUCER_BATCH_BYTES = 256 * 1024  # a batch of changelog rows in one produce request (Kafka's limit: 1 MiB)
