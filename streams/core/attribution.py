@@ -28,6 +28,13 @@ class Touchpoint(NamedTuple):
     event_id: str | int  # or the 63-bit hash of it that journey state keeps: it only breaks ties in ts
 
 
+class ChannelTouch(NamedTuple):
+    """A touchpoint as a path of the Markov model sees it (streams.core.paths): when, and on which channel."""
+
+    ts: int
+    channel: str
+
+
 class Credit(NamedTuple):
     channel: str
     campaign: str

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from streams.config import ClickFlood, Settings
-from streams.core.attribution import Touchpoint
+from streams.core.attribution import ChannelTouch, Touchpoint
 from streams.core.events import Lead, Order, Spend, Touch
 from streams.core.watermarks import SourceWatermarks
 
@@ -577,6 +577,34 @@ def row_mark(row: bytes | list[Any]) -> int:
         pending_at = offset + n_touches * layout.touch.size + n_ids * ID_RECORD.size
         mark = max(mark, max(seq for seq, _ in orjson.loads(row[pending_at:])))
     return mark
+
+
+new_channel_touch = functools.partial(tuple.__new__, ChannelTouch)  # ChannelTouch._make without a Python frame
+
+
+@functools.lru_cache(maxsize=1024)
+def times_and_channels_of(n_touches: int) -> struct.Struct:
+    """Reads the ts and channel index of every touch record of a narrow row, in one call."""
+    return struct.Struct(f"<{'q17xB2x' * n_touches}")
+
+
+def path_touches(row: bytes | list[Any]) -> tuple[bool, list[ChannelTouch] | list[Touchpoint]]:
+    """(has pending conversions, its touchpoints in order, each with its `ts` and `channel`): what the Markov
+    stage needs of a journey to end its null paths, read from a narrow row without decoding the rest of it (the
+    names, and a (ts, channel index) per touch record); other rows are decoded."""
+    if not isinstance(row, bytes) or row[:1] == b"[" or row[0] & WIDE:
+        journey = Journey.from_row(row)
+        return bool(journey.pending), journey.touchpoints()
+    first, _, _, n_names, n_touches, _ = NARROW_ROW.header.unpack_from(row)
+    start = NARROW_ROW.header.size
+    offset = start + n_names
+    names = []
+    for length in row[start:offset]:
+        names.append(row[offset : offset + length].decode())
+        offset += length
+    fields = times_and_channels_of(n_touches).unpack_from(row, offset)
+    channels = map(names.__getitem__, fields[1::2])
+    return bool(first & HAS_PENDING), list(map(new_channel_touch, zip(fields[::2], channels, strict=True)))
 
 
 def journey_row_older(held: bytes | list[Any], row: bytes | list[Any]) -> bool:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import orjson
 
-from streams.core.attribution import CLICK_KINDS, Touchpoint
+from streams.core.attribution import CLICK_KINDS, ChannelTouch, Touchpoint
 from streams.core.markov import PathCounts
 
 NO_TS = -(2**53)  # before any event
@@ -93,7 +93,8 @@ def converted(row: PathRow, journey: Sequence[Touchpoint], conversion_ts: int, r
     return PathRow(max(row.after_ts, conversion_ts), max(row.closed_ts, conversion_ts), paths[-MAX_PATHS:])
 
 
-def timed_out(row: PathRow, touches: Sequence[Touchpoint], event_time: int, path_timeout_ms: int) -> PathRow | None:
+def timed_out(row: PathRow, touches: Sequence[Touchpoint | ChannelTouch], event_time: int,
+              path_timeout_ms: int) -> PathRow | None:
     """The open path (touchpoints later than `closed_ts`, ordered) ended as null when event time has passed its
     last touchpoint by PATH_TIMEOUT; None when nothing changed. `event_time` must be one up to which the visitor's
     touchpoints have all been read (the stage passes its sources' watermark).
@@ -102,28 +103,32 @@ def timed_out(row: PathRow, touches: Sequence[Touchpoint], event_time: int, path
     first ended when event time reached its last touchpoint + PATH_TIMEOUT, before the second began. A
     touchpoint read after its path had ended (a source that claimed more than it had delivered, before a
     crash) is found by count: the null paths since the latest conversion are then judged again, all of them."""
-    since = [t for t in touches if t.ts > row.after_ts]
-    nulls = [p for p in row.paths if not p.converted and p.first_ts > row.after_ts]
-    horizon = max((p.end_ts for p in nulls), default=NO_TS)  # a touchpoint before it would be in an ended path
-    in_ended = sum(1 for t in since if t.ts < horizon)
-    if in_ended > sum(len(p.channels) for p in nulls):  # fewer: some were forgotten (retention), not late
-        reopened = PathRow(row.after_ts, row.after_ts, [p for p in row.paths if p not in nulls])
-        return end_null_paths(reopened, since, event_time, path_timeout_ms) or reopened
+    after_ts = row.after_ts
+    since = [t for t in touches if t.ts > after_ts] if after_ts != NO_TS else touches
+    nulls = [p for p in row.paths if not p.converted and p.first_ts > after_ts]
+    if nulls:
+        horizon = max(p.end_ts for p in nulls)  # a touchpoint before it would be in an ended path
+        in_ended = sum(1 for t in since if t.ts < horizon)
+        if in_ended > sum(len(p.channels) for p in nulls):  # fewer: some were forgotten (retention), not late
+            reopened = PathRow(after_ts, after_ts, [p for p in row.paths if p not in nulls])
+            return end_null_paths(reopened, since, event_time, path_timeout_ms) or reopened
     return end_null_paths(row, since, event_time, path_timeout_ms)
 
 
-def end_null_paths(row: PathRow, touches: Sequence[Touchpoint], event_time: int,
+def end_null_paths(row: PathRow, touches: Sequence[Touchpoint | ChannelTouch], event_time: int,
                    path_timeout_ms: int) -> PathRow | None:
-    open_path = [t for t in touches if t.ts > row.closed_ts]
+    closed_ts = row.closed_ts
+    open_path = [t for t in touches if t.ts > closed_ts] if closed_ts != NO_TS else touches
     ended: list[EndedPath] = []
     start = 0
+    last = len(open_path) - 1
     for i, touch in enumerate(open_path):
         ends_at = touch.ts + path_timeout_ms
         if ends_at > event_time:
             break  # nor has any later touchpoint's path ended: they are in ts order
-        if i + 1 == len(open_path) or open_path[i + 1].ts >= ends_at:
+        if i == last or open_path[i + 1].ts >= ends_at:
             segment = open_path[start : i + 1]
-            ended.append(EndedPath(ends_at, False, 0.0, segment[0].ts, touch.ts, tuple(t.channel for t in segment)))
+            ended.append(EndedPath(ends_at, False, 0.0, segment[0].ts, touch.ts, tuple([t.channel for t in segment])))
             start = i + 1
     if not ended:
         return None

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from streams.core.attribution import Credit, Touchpoint
-from streams.core.journeys import SPEND_KEY_PREFIX, Journey, Retention, row_facts
+from streams.core.journeys import SPEND_KEY_PREFIX, Journey, Retention, path_touches, row_facts
 from streams.core.markov import PathCounts, markov_credits, markov_messages
 from streams.core.paths import (
     NO_TS,
@@ -145,13 +145,13 @@ class PathStage:
             if ts + self.timeout_ms > event_time:  # its sources have not read that far yet
                 waiting.append((ts, key))
                 continue
-            journey = Journey.from_row(row)
-            if journey.pending:  # a conversion waiting out the grace may credit the path: judge it after
+            pending, touches = path_touches(row)
+            if pending:  # a conversion waiting out the grace may credit the path: judge it after
                 waiting.append((ts, key))
                 continue
             del self.open[key]
             before = PathRow.from_row(self.table.row(key))
-            after = timed_out(before, journey.touchpoints(), event_time, self.timeout_ms)
+            after = timed_out(before, touches, event_time, self.timeout_ms)
             if after is not None:
                 self.put(partition, key, before, after)
         for item in waiting:
@@ -165,20 +165,25 @@ class PathStage:
             after = forget_before(after, floor, size)
         if after == before:
             return
-        change = Counter(before.paths)
-        change.subtract(after.paths)  # > 0: paths the row lost; < 0: paths it gained
+        kept = len(before.paths)
+        if after.paths[:kept] == before.paths:  # nearly always: paths were only added
+            moves = [(path, 1) for path in after.paths[kept:]]
+        else:
+            change = Counter(after.paths)
+            change.subtract(before.paths)
+            moves = list(change.items())  # > 0: paths the row gained; < 0: paths it lost
         sums = self.sums.get(partition)
         if sums is None:  # not rebuilt since this worker took the partition: a delta alone would be sent as the sums
             sums = self.sums[partition] = self.partition_sums(partition)
             self.dirty.update((partition, bucket) for bucket in [*sums, -1])
-        for path, lost in change.items():
+        for path, gained in moves:
             bucket = bucket_of(path.end_ts, size)
-            if lost == 0 or bucket < floor:  # a bucket that left the window is no longer summed
+            if gained == 0 or bucket < floor:  # a bucket that left the window is no longer summed
                 continue
             counts = sums.get(bucket)
             if counts is None:
                 counts = sums[bucket] = PathCounts()
-            counts.add_path(path.channels, path.converted, path.revenue, -lost, path.last_click or None)
+            counts.add_path(path.channels, path.converted, path.revenue, gained, path.last_click or None)
             self.dirty.add((partition, bucket))
         self.table.put_rows({key: after.to_row()})
 

@@ -27,6 +27,7 @@ from streams.core.journeys import (
     event_ids,
     id_hash,
     journey_row_older,
+    path_touches,
     row_facts,
     row_mark,
     seq_of,
@@ -600,6 +601,40 @@ def test_a_row_of_the_earlier_json_form_has_its_mark_too() -> None:
     earlier = [[[T0, "c", "google_ads", "brand", None, "c1"]], [[id_hash("e:c1"), seq_of(3, 1), T0]],
                [[seq_of(5, 0), list(order("o1"))]], T0]
     assert row_mark(orjson.dumps(earlier)) == seq_of(5, 0)
+
+
+# --- what the Markov stage reads of a row to end its null paths ---
+
+
+@given(st.lists(st.tuples(st.sampled_from("icl"), st.integers(0, 400), st.sampled_from(["a", "b", "ü-c"])),
+                max_size=40), st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_path_touches_are_the_touchpoints_ts_and_channels_in_order_and_whether_a_conversion_waits(
+    events: list[tuple[str, int, str]], wide_name: bool
+) -> None:
+    journey = Journey()
+    if wide_name:
+        admit(journey, Touch("c", "wide", T0 + 200, "t1", "google_ads", "ü" * 200, None, 0.0), 0)
+    for seq, (kind, i, channel) in enumerate(events, start=1):
+        if kind == "l":
+            lead = Lead("l", f"l{i}", T0 + i, "t1", None)
+            if admit(journey, lead, seq) is Admission.NEW:
+                journey.add_pending(seq, lead)
+        else:
+            admit(journey, Touch(kind, f"{kind}{i}", T0 + i, "t1", channel, "brand", None, 0.0), seq)
+    row = journey.to_row()
+    assert bool(row[0] & WIDE) == wide_name
+    pending, touches = path_touches(row)
+    decoded = Journey.from_row(row)
+    assert pending == bool(decoded.pending)
+    assert [(t.ts, t.channel) for t in touches] == [(t.ts, t.channel) for t in decoded.touchpoints()]
+
+
+def test_path_touches_of_a_row_of_the_earlier_json_form() -> None:
+    earlier = [[[T0, "c", "google_ads", "brand", None, "c1"], [T0 + 5, "i", "meta_ads", "p", None, "i1"]],
+               [[id_hash("e:c1"), seq_of(3, 1), T0]], [[seq_of(5, 0), list(order("o1"))]], T0 + 5]
+    pending, touches = path_touches(orjson.dumps(earlier))
+    assert pending and [(t.ts, t.channel) for t in touches] == [(T0, "google_ads"), (T0 + 5, "meta_ads")]
 
 
 def test_a_row_made_before_the_last_events_of_its_key_is_older_and_an_equal_mark_is_not() -> None:
