@@ -122,9 +122,12 @@ class PathStage:
     def close_timed_out(self) -> None:
         """End as null every open path whose last touchpoint event time has passed by PATH_TIMEOUT."""
         stream_time = self.clock()
-        cutoff = stream_time - self.timeout_ms
         assigned = self.w.assigned(self.journey_topic())
-        event_times: dict[int, int] = {}
+        event_times = {partition: self.event_time(partition, stream_time) for partition in assigned}
+        # no path of a journey older than this can end yet, on any partition: the heap is not read past it (a
+        # stream time well ahead of the sources' watermark would otherwise pop and push back the same keys at
+        # every check)
+        cutoff = max(event_times.values(), default=NO_TS) - self.timeout_ms
         waiting: list[tuple[int, str]] = []
         while self.due and self.due[0][0] <= cutoff:
             ts, key = heapq.heappop(self.due)
@@ -139,9 +142,7 @@ class PathStage:
             if not row:
                 del self.open[key]
                 continue
-            event_time = event_times.get(partition)
-            if event_time is None:
-                event_time = event_times[partition] = self.event_time(partition, stream_time)
+            event_time = event_times[partition]
             if ts + self.timeout_ms > event_time:  # its sources have not read that far yet
                 waiting.append((ts, key))
                 continue
