@@ -8,6 +8,7 @@ The latest channel messages also go to the store for `GET /api/v1/kpis`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -82,15 +83,24 @@ class MetricsStage:
             if self.w.partition_of(key.rsplit("|", 1)[0]) in partitions:
                 self.dirty.add(key)
 
+    def owned_keys(self) -> Callable[[str], bool]:
+        """Whether a channel window ("channel|window") is on a metrics partition this worker owns now. Rows of a
+        partition given away stay in memory (Faust's memory store drops only the rows it recovered), and a worker
+        that was paused past its session (a zombie) marks windows dirty from the old snapshots it reads on waking:
+        neither may be published, or an older figure would become the latest message of its key."""
+        owned, partition_of = self.w.assigned(self.w.partials_topic.get_topic_name()), self.w.partition_of
+        return lambda key: partition_of(key.rsplit("|", 1)[0]) in owned
+
     async def publish(self) -> None:
         if not may_write(self.w):  # figures of a worker that may have lost its partitions stay unpublished
             return
-        s = self.w.settings
+        s, owned = self.w.settings, self.owned_keys()
         closing = [
             key for key in self.w.channel_windows.data
             if is_closed(int(key.rsplit("|", 1)[1]), s.metrics_window_ms, self.watermark, s.allowed_lateness_ms)
+            and owned(key)
         ]
-        dirty, self.dirty = self.dirty - set(closing), set()
+        dirty, self.dirty = {key for key in self.dirty if owned(key)} - set(closing), set()
         for key in sorted(dirty):
             await self.publish_window(key, final=False)
         for key in closing:

@@ -90,3 +90,47 @@ async def test_partial_snapshots_carry_their_marks_and_a_source_of_their_own() -
     [(partition, value)] = w.partials_topic.sent
     assert partition == 1 and orjson.loads(value) == [
         {"p": "r3", "w": T0, "c": "email", "wm": T0 + 5, "m": [41, 7], "f": {"(none)": [1.0] + [0.0] * 10}}]
+
+
+class KeyedTopic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict[str, Any]]] = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.sent.append((key, orjson.loads(value)))
+
+
+class LatestStore:
+    async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
+        """The read API's copy: not what this test looks at."""
+
+
+def publishing_wiring(owned: set[int]) -> Any:
+    w = wiring()
+    partition_of = {"google_ads": 0, "email": 1}.__getitem__
+    w.__dict__.update(partials_topic=SimpleNamespace(get_topic_name=lambda: "partials"), partition_of=partition_of,
+                      assigned=lambda topic: owned if topic == "partials" else set(), metrics_channel=KeyedTopic(),
+                      metrics_campaign=KeyedTopic(), store=LatestStore())
+    return w
+
+
+async def test_only_the_windows_of_metrics_partitions_owned_now_are_published() -> None:
+    """A worker paused past its session wakes, reads snapshots it had fetched before the pause and marks their
+    windows dirty; by the time its fence opens it owns other partitions. Those windows are not published (their
+    figures are older than what the new owner published), open or closed, and their rows are left alone."""
+    owned = {0, 1}
+    w = publishing_wiring(owned)
+    stage = MetricsStage(w)  # type: ignore[arg-type]
+    old = T0 - 2 * W
+    stage.absorb_batch([message([snapshot(0, "google_ads", 3.0), snapshot(0, "email", 1.0),
+                                 snapshot(0, "email", 2.0, window=old)])])
+    owned.discard(1)  # email's metrics partition went to another worker
+    stage.watermark = T0 + W + w.settings.allowed_lateness_ms  # every window here has closed
+    await stage.publish()
+    assert [(key, message["final"]) for key, message in w.metrics_channel.sent] == [(b"google_ads", True)]
+    assert f"google_ads|{T0}" not in w.channel_windows.data  # closed and published: forgotten
+    assert {f"email|{T0}", f"email|{old}"} <= w.channel_windows.data.keys()  # another worker's to close
+    owned.add(1)  # back again (its recovery marks its windows dirty): published then
+    stage.dirty.add(f"email|{T0}")
+    await stage.publish()
+    assert {key for key, _ in w.metrics_channel.sent[1:]} == {b"email"}
