@@ -41,3 +41,16 @@ def journey_message(offset: int, items: list[Any], partition: int = 0) -> Any:
     value = orjson.dumps({"src": "intake", "wm": -1, "own": None, "mx": 0,
                           "e": [[route_key(item), list(item)] for item in items]})
     return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, value=value))
+
+
+class FakeFence:
+    """The zombie fence as `streams.stages.topology.may_write` reads it: one generation, open or shut."""
+
+    def __init__(self, is_open: bool = True) -> None:
+        self.open = is_open
+
+    def generation(self) -> int:
+        return 1
+
+    def is_open(self) -> bool:
+        return self.open

@@ -20,8 +20,10 @@ with transactions, which this engine does not use (DESIGN.md), so the worker fen
   only if nobody wrote its changelog meanwhile (its end offset is where this worker's own last record, or its
   last recovery, left it), and are dropped otherwise (`GroupFence` tells the table; `KeyPartitionedTable.
   release_held`). Dropped records are counted (`attribution_fenced_changelog_records_total`).
-- The stages attribute nothing and publish no snapshot or metric message while the fence is shut, nor in a new
-  generation before its recovery of the journeys completed (`streams.stages.topology.may_write`).
+- The stages attribute nothing and publish no snapshot, metric or signal message while the fence is shut, nor in a
+  new generation before its recovery of the journeys completed (`streams.stages.topology.may_write`); and then
+  only for the partitions they own: what a woken worker read before it learnt of the rebalance marks keys changed
+  that another worker owns now, from figures older than that worker's.
 
 aiokafka keeps a member's last successful heartbeat in a local variable of `GroupCoordinator._heartbeat_routine`;
 `track_group_liveness` records it on the coordinator (the time the heartbeat was sent) and the start of every

@@ -42,7 +42,7 @@ from streams.core.ltv import (
 )
 from streams.kafka.skipped_records import SkippedRecordGuard, SkippedRecordGuards
 from streams.kafka.topics import METRICS_CHANNEL_TOPIC
-from streams.stages.topology import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring, may_write
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
@@ -117,7 +117,10 @@ class CustomerStage:
         return self.w.assigned(self.w.customer_orders.get_topic_name())
 
     async def send_snapshots(self) -> None:
-        """Absolute sums per (source partition, channel), keyed by channel: the next stage overwrites."""
+        """Absolute sums per (source partition, channel), keyed by channel: the next stage overwrites. Nothing while
+        the zombie fence is shut (`may_write`): a woken worker's sums may be older than its partitions' new owner's."""
+        if not may_write(self.w):
+            return
         dirty, self.dirty = self.dirty, set()
         owned = self.owned()
         for partition, channel in sorted(dirty):
@@ -257,7 +260,12 @@ class ChannelStage:
         return ltv_message(channel, figures, Spend.from_row(row["sp"]).total)
 
     async def publish(self) -> None:
-        dirty, self.dirty = self.dirty, set()
+        """The changed channels this worker owns now: a worker paused past its session marks channels changed from
+        what it reads on waking, after they went to another worker, whose figures are newer."""
+        if not may_write(self.w):
+            return
+        owned, partition_of = self.w.assigned(self.w.ltv_partials_topic.get_topic_name()), self.w.partition_of
+        dirty, self.dirty = {channel for channel in self.dirty if partition_of(channel) in owned}, set()
         for channel in sorted(dirty):
             message = self.message(channel)
             if message is None or self.published.get(channel) == message:

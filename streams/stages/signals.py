@@ -26,7 +26,7 @@ import orjson
 from streams.core.signals import ACTIONS, KeyState, Settling, Thresholds, judge
 from streams.kafka.skipped_records import SkippedRecordGuards
 from streams.kafka.topics import METRICS_CAMPAIGN_TOPIC, METRICS_CHANNEL_TOPIC
-from streams.stages.topology import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring, may_write
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 2000
@@ -74,8 +74,22 @@ class SignalStage:
         self.table.put_rows({key: state.to_row() for key, state in states.items()})
         self.dirty.update(states)
 
+    def owned(self) -> set[int]:
+        return self.w.assigned(METRICS_CHANNEL_TOPIC) | self.w.assigned(METRICS_CAMPAIGN_TOPIC)
+
     async def judge(self) -> None:
-        dirty, self.dirty = self.dirty | self.settling.waiting(), set()
+        """Announce the settled changes of the keys this worker owns now; nothing while the zombie fence is shut
+        (`may_write`): a woken worker judges from figures older than its keys' new owner's."""
+        if not may_write(self.w):
+            return
+        owned, partition_of = self.owned(), self.w.partition_of
+        changed, self.dirty = self.dirty | self.settling.waiting(), set()
+        dirty = set()
+        for key in changed:
+            if key_partition(key, partition_of) in owned:
+                dirty.add(key)
+            else:
+                self.settling.forget(key)
         now = self.clock()
         for key in sorted(dirty):
             row = self.table.get(key)
@@ -99,7 +113,7 @@ class SignalStage:
         """Forget keys that had no figures for SIGNAL_WINDOW + ALLOWED_LATENESS of event time behind the
         newest key this worker judges (no message can change their span any more): campaigns come and
         go, and the table must not keep every one ever seen. Their gauges go with them."""
-        owned = self.w.assigned(METRICS_CHANNEL_TOPIC) | self.w.assigned(METRICS_CAMPAIGN_TOPIC)
+        owned = self.owned()
         rows = {key: row for key, row in self.table.data.items() if row and key_partition(key, self.w.partition_of)
                 in owned}
         if not rows:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from streams.config import MODELS, Settings
 from streams.core.attribution import Touchpoint, credits
@@ -36,7 +37,9 @@ from streams.core.ltv import (
     ltv_message,
 )
 from streams.kafka.partitioner import partition_of
+from streams.serving.prometheus import WorkerMetrics
 from streams.stages.ltv import META_PREFIX, ChannelStage, CustomerStage, customer_key, key_partition
+from tests.fakes import FakeFence
 
 DAY = 86_400_000
 RETENTION = 400 * DAY
@@ -490,6 +493,49 @@ def test_the_channel_stage_sums_partials_and_spend_and_skips_what_it_absorbed() 
     message = stage.message("google_ads")
     assert message == ltv_message("google_ads", [3.0, 5.0, 2.0, 400.0, 160.0], 60.0)
     assert message["cac"] == 20.0 and message["clv"] == pytest.approx(400 / 3)
+
+
+class SentMessages:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict[str, Any]]] = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.sent.append((key, orjson.loads(value)))
+
+
+class LatestStore:
+    async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
+        """The read API's copy: not what these tests look at."""
+
+
+async def test_lifetime_figures_go_out_only_through_an_open_fence_and_for_channels_owned_now() -> None:
+    """A worker paused past its session wakes with stale sums and channels gone to another worker: its stage one
+    sends no snapshot, and its stage two publishes nothing, until its fence opens; then only what it owns."""
+    owned = {0, 1}
+    registry = CollectorRegistry()
+    w = SimpleNamespace(
+        settings=Settings(), ltv_channels=FakeTable(), ltv_customers=FakeTable(), metrics=WorkerMetrics(registry, 10),
+        partition_of={"google_ads": 0, "email": 1}.__getitem__, assigned=lambda topic: owned,
+        ltv_partials_topic=SentMessages(), metrics_ltv=SentMessages(), store=LatestStore(),
+        customer_orders=SimpleNamespace(get_topic_name=lambda: "orders"), fence=FakeFence(is_open=False))
+    w.ltv_partials_topic.get_topic_name = lambda: "attribution-ltv-partials"
+    customers, channels = CustomerStage(w), ChannelStage(w)  # type: ignore[arg-type]
+    customers.sums = {0: {"google_ads": [1.0, 1.0, 1.0, 90.0, 30.0]}}
+    customers.dirty = {(0, "google_ads")}
+    channels.absorb_batch([
+        SimpleNamespace(message=SimpleNamespace(topic="attribution-ltv-partials", partition=p, offset=0,
+                                                value=orjson.dumps({"p": p, "c": channel, "f": [1.0, 1.0, 1.0, 90.0,
+                                                                                                  30.0]})))
+        for p, channel in ((0, "google_ads"), (1, "email"))])
+    await customers.send_snapshots()
+    await channels.publish()
+    assert w.ltv_partials_topic.sent == [] and w.metrics_ltv.sent == []  # the fence is shut
+    w.fence.open = True
+    owned.discard(1)  # email's partition went to another worker
+    await customers.send_snapshots()
+    await channels.publish()
+    assert [key for key, _ in w.ltv_partials_topic.sent] == [b"google_ads"]
+    assert [key for key, _ in w.metrics_ltv.sent] == [b"google_ads"]
 
 
 def test_bytes_per_customer_in_a_populated_table() -> None:

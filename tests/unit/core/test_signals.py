@@ -15,7 +15,7 @@ from streams.core.kpis import Figures, metrics_message, romi
 from streams.core.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
-from tests.fakes import FakeTable
+from tests.fakes import FakeFence, FakeTable
 
 H = 3_600_000
 W = 60_000
@@ -273,6 +273,23 @@ async def test_the_stage_announces_each_change_once_and_sets_the_gauges() -> Non
 
     s.recovered(set())  # this worker no longer owns the keys
     assert gauge(s, "tiktok", "", "pause") is None
+
+
+async def test_nothing_is_announced_while_the_fence_is_shut_nor_for_a_key_owned_by_another_worker_now() -> None:
+    """A worker paused past its session wakes with its keys gone to another worker: it reads figures older than
+    the new owner's, and must not announce what they say."""
+    s = stage()
+    s.w.fence = FakeFence(is_open=False)
+    s.absorb_batch(batch(("metrics.channel", 0, window(T0, 100.0, 10.0))))
+    await s.judge()
+    assert s.w.signals.sent == []
+    s.w.fence.open = True  # its membership confirmed: the change is announced then
+    await s.judge()
+    assert [(k, m["action"]) for k, m in s.w.signals.sent] == [(b"tiktok", "pause")]
+    s.w.assigned = lambda topic: set()  # tiktok's partition went to another worker
+    s.absorb_batch(batch(("metrics.channel", 1, window(T0, 100.0, 300.0))))
+    await s.judge()
+    assert [k for k, _ in s.w.signals.sent] == [b"tiktok"]
 
 
 def test_attribution_top_marks_a_channel_row_with_its_action() -> None:
