@@ -47,7 +47,7 @@ from streams.core.paths import (
 )
 from streams.kafka.skipped_records import SkippedRecordGuard
 from streams.kafka.topics import json_arrays
-from streams.stages.topology import APP_ID, Wiring
+from streams.stages.topology import APP_ID, Wiring, may_write
 
 log = logging.getLogger(__name__)
 CHAIN_PARTITION = 0
@@ -217,7 +217,10 @@ class PathStage:
                 heapq.heappush(self.due, (ts, key))
 
     async def send_snapshots(self) -> None:
-        """Per source partition with changes: every bucket it holds, and the counts of those that changed."""
+        """Per source partition with changes: every bucket it holds, and the counts of those that changed. Nothing
+        while the zombie fence is shut (`may_write`): a woken worker's counts may be older than the new owner's."""
+        if not may_write(self.w):
+            return
         dirty, self.dirty = self.dirty, set()
         owned = self.w.assigned(self.journey_topic())
         changed: dict[int, set[int]] = {}
@@ -317,7 +320,8 @@ class ChainStage:
     async def publish(self) -> None:
         if not self.changed or time.monotonic() - self.computed_at < self.interval_s:
             return
-        if CHAIN_PARTITION not in self.w.assigned(self.w.markov_partials_topic.get_topic_name()):
+        owned = self.w.assigned(self.w.markov_partials_topic.get_topic_name())
+        if not may_write(self.w) or CHAIN_PARTITION not in owned:
             return
         self.changed = False
         self.computed_at = time.monotonic()

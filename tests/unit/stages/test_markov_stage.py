@@ -25,8 +25,8 @@ from streams.serving.prometheus import WorkerMetrics
 from streams.serving.store import MemoryStore
 from streams.stages.app import build
 from streams.stages.journeys import JourneyStage
-from streams.stages.markov import PathStage
-from tests.fakes import FakeTable
+from streams.stages.markov import ChainStage, PathStage
+from tests.fakes import FakeFence, FakeTable
 
 T0 = 1_763_800_000_000
 DAY = 86_400_000
@@ -209,3 +209,30 @@ async def test_a_snapshot_names_every_bucket_of_its_partition(tmp_path: Path) ->
     assert partition == 0 and snapshot["p"] == partition_of("tid-1", PARTITIONS)
     assert snapshot["all"] == [bucket_of(T0 + 1000, size)]
     assert PathCounts.from_json(snapshot["f"][0][1]) == counts_of([(["email"], True, 0.0)])
+
+
+async def test_nothing_is_sent_while_the_zombie_fence_is_shut(tmp_path: Path) -> None:
+    """A worker paused past its session wakes with counts older than its partitions' new owner's: neither its path
+    snapshots nor its chain go out until its membership is confirmed (streams.stages.topology.may_write)."""
+    sent: list[bytes] = []
+
+    async def send(value: bytes, partition: int = 0, key: bytes = b"") -> None:
+        sent.append(value)
+
+    w = wiring(tmp_path, {})
+    w.fence, w.journeys.recovered_in = FakeFence(is_open=False), 1  # recovered in the fence's generation
+    w.markov_partials_topic = SimpleNamespace(send=send, get_topic_name=lambda: "markov-partials")
+    w.markov_chain, w.metrics_markov = FakeTable(), SimpleNamespace(send=send)
+    paths = PathStage(w, lambda: T0 + 3 * DAY, lambda partition: CAUGHT_UP)  # type: ignore[arg-type]
+    paths.rebuild(set(range(PARTITIONS)))
+    chain = ChainStage(w)  # type: ignore[arg-type]
+    chain.absorb_batch([SimpleNamespace(message=SimpleNamespace(value=orjson.dumps([
+        {"p": 0, "wm": T0, "all": [T0], "f": [[T0, counts_of([(["email"], True, 5.0)]).to_json()]]}])))])
+    await paths.send_snapshots()
+    await chain.publish()
+    assert sent == []
+    w.fence.open = True
+    await paths.send_snapshots()
+    await chain.publish()
+    assert [orjson.loads(value) for value in sent[:1]][0][0]["p"] == 0  # the path snapshots (every partition)
+    assert [orjson.loads(value)["channel"] for value in sent[1:]] == ["email"]  # the chain: its one channel
