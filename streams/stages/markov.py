@@ -20,7 +20,6 @@ that emptied even when a crash lost the message that said so.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import secrets
 import time
@@ -35,6 +34,7 @@ from streams.core.journeys import SPEND_KEY_PREFIX, Journey, Retention, path_tou
 from streams.core.markov import PathCounts, markov_credits, markov_messages
 from streams.core.paths import (
     NO_TS,
+    DueIndex,
     PathRow,
     add_contribution,
     bucket_ms,
@@ -86,25 +86,19 @@ class PathStage:
         self.keep_ms = max(self.window_ms + 2 * self.size_ms, retention.click_ms, retention.view_ms) + self.timeout_ms
         self.sums: dict[int, dict[int, PathCounts]] = {}  # partition -> bucket -> counts
         self.dirty: set[tuple[int, int]] = set()
-        self.due: list[tuple[int, str]] = []  # (journey's last ts, key): a heap of journeys with a path maybe open
-        self.open: dict[str, int] = {}  # key -> its journey's newest ts in `due`
+        self.due = DueIndex()  # the journeys with a path maybe open, by their newest ts
 
     def journey_topic(self) -> str:
         return self.w.journey_events.get_topic_name()
 
     # -- the journeys stage's hooks ----------------------------------------------------------------------
     def seen(self, journeys: Mapping[str, Journey]) -> None:
-        """Journeys a batch wrote: each may have an open path to time out later."""
-        open_paths, due = self.open, self.due
+        """Journeys a batch wrote: each may have an open path to time out later. One filed already comes out at its
+        earlier ts, and is filed again by its newest then."""
+        due = self.due
         for key, journey in journeys.items():
-            ts = journey.last_ts
-            known = open_paths.get(key)
-            if known is None:
-                if not key.startswith(SPEND_KEY_PREFIX):
-                    open_paths[key] = ts
-                    heapq.heappush(due, (ts, key))
-            elif ts > known:
-                open_paths[key] = ts  # the heap entry is moved when it comes due
+            if key not in due and not key.startswith(SPEND_KEY_PREFIX):
+                due.file(key, journey.last_ts)
 
     def converted(self, key: str, conversion_ts: int, journey: list[Touchpoint], revenue: float) -> None:
         before = PathRow.from_row(self.table.row(key))
@@ -128,35 +122,24 @@ class PathStage:
         # stream time well ahead of the sources' watermark would otherwise pop and push back the same keys at
         # every check)
         cutoff = max(event_times.values(), default=NO_TS) - self.timeout_ms
-        waiting: list[tuple[int, str]] = []
-        while self.due and self.due[0][0] <= cutoff:
-            ts, key = heapq.heappop(self.due)
-            newest = self.open.get(key)
-            if newest is None:
-                continue
-            if newest > ts:
-                heapq.heappush(self.due, (newest, key))
-                continue
+        waiting: list[tuple[str, int]] = []
+        for key in self.due.take_due(cutoff):
             partition = self.w.partition_of(key)
             row = self.w.journeys.row(key) if partition in assigned else None
             if not row:
-                del self.open[key]
                 continue
-            event_time = event_times[partition]
-            if ts + self.timeout_ms > event_time:  # its sources have not read that far yet
-                waiting.append((ts, key))
+            ts, _, pending = row_facts(row)
+            if ts + self.timeout_ms > event_times[partition] or pending:
+                # a newer touchpoint, sources that have not read that far yet, or a conversion waiting out the
+                # grace (it may credit the path): judged again later
+                waiting.append((key, ts))
                 continue
-            pending, touches = path_touches(row)
-            if pending:  # a conversion waiting out the grace may credit the path: judge it after
-                waiting.append((ts, key))
-                continue
-            del self.open[key]
             before = PathRow.from_row(self.table.row(key))
-            after = timed_out(before, touches, event_time, self.timeout_ms)
+            after = timed_out(before, path_touches(row)[1], event_times[partition], self.timeout_ms)
             if after is not None:
                 self.put(partition, key, before, after)
-        for item in waiting:
-            heapq.heappush(self.due, item)
+        for key, ts in waiting:
+            self.due.file(key, ts)
 
     # -- the rows and their sums ---------------------------------------------------------------------------
     def put(self, partition: int, key: str, before: PathRow, after: PathRow) -> None:
@@ -210,11 +193,9 @@ class PathStage:
     def reindex(self, partitions: set[int]) -> None:
         """After recovery: every journey of these partitions may hold an open path."""
         for key, row in self.w.journeys.data.items():
-            if row and not key.startswith(SPEND_KEY_PREFIX) and key not in self.open \
+            if row and not key.startswith(SPEND_KEY_PREFIX) and key not in self.due \
                     and self.w.partition_of(key) in partitions:
-                ts = row_facts(row)[0]
-                self.open[key] = ts
-                heapq.heappush(self.due, (ts, key))
+                self.due.file(key, row_facts(row)[0])
 
     async def send_snapshots(self) -> None:
         """Per source partition with changes: every bucket it holds, and the counts of those that changed. Nothing
@@ -242,7 +223,7 @@ class PathStage:
         the chain under a key that names nobody, on the same partition (so the partition's sums do not move),
         until the sweep forgets them as it would have forgotten the visitor's."""
         raw = self.table.row(tracking_id)
-        self.open.pop(tracking_id, None)
+        self.due.discard(tracking_id)
         if not raw:
             return 0
         rows: dict[str, Any] = {tracking_id: None}

@@ -10,6 +10,7 @@ from streams.core.markov import PathCounts, counts_of
 from streams.core.paths import (
     MAX_PATHS,
     NO_TS,
+    DueIndex,
     EndedPath,
     PathRow,
     add_contribution,
@@ -198,3 +199,42 @@ def test_a_row_in_memory_costs_its_size_not_orjsons_buffer() -> None:
         tracemalloc.stop()
     per_row = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(rows)
     assert per_row < 4 * len(rows[0]), f"{per_row:.0f} B per row of {len(rows[0])} B"
+
+
+# --- the index of journeys whose path may be open ---
+
+
+def test_the_due_index_gives_each_filed_key_once_when_its_bucket_starts_by_the_cutoff() -> None:
+    index = DueIndex(bucket_ms=1000)
+    index.file("a", 1_500)
+    index.file("b", 2_100)
+    index.file("a", 9_000)  # filed already: comes out at its first ts, to be filed again by whoever takes it
+    index.file("c", 1_999)
+    assert index.take_due(999) == []
+    assert sorted(index.take_due(1_000)) == ["a", "c"]  # the bucket [1000, 2000): up to a bucket younger
+    assert "a" not in index and "b" in index and len(index) == 1
+    index.file("a", 9_000)
+    assert index.take_due(5_000) == ["b"]
+    assert index.take_due(10**12) == ["a"] and len(index) == 0 and index.take_due(10**12) == []
+
+
+def test_a_key_discarded_and_filed_again_comes_out_twice_at_most() -> None:
+    index = DueIndex(bucket_ms=1000)
+    index.file("a", 1_000)
+    index.discard("a")
+    index.file("a", 3_000)
+    assert index.take_due(10**12) == ["a", "a"]
+
+
+def test_the_due_index_takes_about_50_bytes_a_key() -> None:
+    """At 200,000 keys (a set's table grows 4x below 50,000 entries, so fewer take more each)."""
+    keys = [f"visitor-{i:09d}" for i in range(200_000)]  # the keys are the journeys table's: not counted
+    tracemalloc.start()
+    try:
+        index = DueIndex()
+        for i, key in enumerate(keys):
+            index.file(key, 1_763_800_000_000 + i * 37)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size / len(keys) < 70

@@ -153,10 +153,10 @@ def test_a_path_ends_only_once_its_sources_have_read_past_its_timeout(tmp_path: 
     w.journeys["tid-1"] = journey.to_row()
     paths.seen({"tid-1": journey})
     paths.close_timed_out()
-    assert total(paths.sums).paths == 0 and "tid-1" in paths.open
+    assert total(paths.sums).paths == 0 and "tid-1" in paths.due
     marks.update(dict.fromkeys(range(PARTITIONS), T0))  # every source has read only to T0
     paths.close_timed_out()
-    assert total(paths.sums).paths == 0 and "tid-1" in paths.open
+    assert total(paths.sums).paths == 0 and "tid-1" in paths.due
     # a touchpoint within the timeout is read meanwhile: it belongs to the same path
     journey = journey_of(touch("x1", T0, "email"), touch("x2", T0 + timeout - 1, "search"))
     w.journeys["tid-1"] = journey.to_row()
