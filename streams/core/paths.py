@@ -160,8 +160,8 @@ class DueIndex:
     cutoff, for the Markov stage's null-path check. A key is filed once: `file` ignores a key already filed (its
     newer ts is read again from its row when it comes out), and whoever takes keys out files again those not due
     yet. Per key: a set entry and a list slot, 48-56 B (tracemalloc, 200,000 to 1,000,000 keys), where a heap of
-    (ts, key) beside a dict of key -> ts took 131-138 B. A key discarded and filed again before its first bucket came out comes out twice:
-    the check is idempotent."""
+    (ts, key) beside a dict of key -> ts took 131-138 B. A key discarded and filed again before its first bucket came
+    out comes out twice: the check is idempotent."""
 
     def __init__(self, bucket_ms: int = 1000) -> None:
         self.bucket_ms = bucket_ms
