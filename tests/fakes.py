@@ -54,3 +54,20 @@ class FakeFence:
 
     def is_open(self) -> bool:
         return self.open
+
+
+class KeyedTopic:
+    """A Faust topic that keeps what is sent to it: (key, the JSON value decoded), in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.sent.append((key, orjson.loads(value)))
+
+
+class LatestStore:
+    """The read API's store of latest messages, for stages whose tests do not look at it."""
+
+    async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
+        """Nothing is kept."""

@@ -573,22 +573,29 @@ def expected_mark(journey: Journey) -> int:
     return max(seqs + [seq for seq, _ in journey.pending], default=-1)
 
 
+def journey_of(events: list[tuple[str, int, int, str]], wide_name: bool) -> Journey:
+    """(kind: "i", "c" or "l", ts offset, seq, channel) in order, leads left pending; `wide_name`: a first
+    touchpoint whose name needs the wide layout."""
+    journey = Journey()
+    if wide_name:
+        admit(journey, Touch("c", "wide", T0 + 200, "t1", "google_ads", "ü" * 200, None, 0.0), 0)
+    for kind, i, seq, channel in events:
+        if kind == "l":
+            lead = Lead("l", f"l{i}", T0 + i, "t1", None)
+            if admit(journey, lead, seq) is Admission.NEW:
+                journey.add_pending(seq, lead)
+        else:
+            admit(journey, Touch(kind, f"{kind}{i}", T0 + i, "t1", channel, "brand", None, 0.0), seq)
+    return journey
+
+
 @given(st.lists(st.tuples(st.sampled_from("icl"), st.integers(0, 400), st.integers(0, 10**6)), max_size=40),
        st.booleans())
 @settings(max_examples=150, deadline=None)
 def test_a_row_s_mark_is_the_highest_sequence_it_holds_in_either_layout(
     events: list[tuple[str, int, int]], wide_name: bool
 ) -> None:
-    journey = Journey()
-    if wide_name:
-        admit(journey, Touch("c", "wide", T0, "t1", "google_ads", "ü" * 200, None, 0.0), 0)
-    for kind, i, seq in events:
-        if kind == "l":
-            lead = Lead("l", f"l{i}", T0 + i, "t1", None)
-            if admit(journey, lead, seq) is Admission.NEW:
-                journey.add_pending(seq, lead)
-        else:
-            admit(journey, (click if kind == "c" else impression)(f"{kind}{i}", T0 + i), seq)
+    journey = journey_of([(kind, i, seq, "google_ads") for kind, i, seq in events], wide_name)
     row = journey.to_row()
     assert bool(row[0] & WIDE) == wide_name
     assert row_mark(row) == expected_mark(journey)
@@ -612,16 +619,8 @@ def test_a_row_of_the_earlier_json_form_has_its_mark_too() -> None:
 def test_path_touches_are_the_touchpoints_ts_and_channels_in_order_and_whether_a_conversion_waits(
     events: list[tuple[str, int, str]], wide_name: bool
 ) -> None:
-    journey = Journey()
-    if wide_name:
-        admit(journey, Touch("c", "wide", T0 + 200, "t1", "google_ads", "ü" * 200, None, 0.0), 0)
-    for seq, (kind, i, channel) in enumerate(events, start=1):
-        if kind == "l":
-            lead = Lead("l", f"l{i}", T0 + i, "t1", None)
-            if admit(journey, lead, seq) is Admission.NEW:
-                journey.add_pending(seq, lead)
-        else:
-            admit(journey, Touch(kind, f"{kind}{i}", T0 + i, "t1", channel, "brand", None, 0.0), seq)
+    journey = journey_of([(kind, i, seq, channel) for seq, (kind, i, channel) in enumerate(events, start=1)],
+                         wide_name)
     row = journey.to_row()
     assert bool(row[0] & WIDE) == wide_name
     pending, touches = path_touches(row)

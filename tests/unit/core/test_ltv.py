@@ -39,7 +39,7 @@ from streams.core.ltv import (
 from streams.kafka.partitioner import partition_of
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.ltv import META_PREFIX, ChannelStage, CustomerStage, customer_key, key_partition
-from tests.fakes import FakeFence
+from tests.fakes import FakeFence, KeyedTopic, LatestStore
 
 DAY = 86_400_000
 RETENTION = 400 * DAY
@@ -495,19 +495,6 @@ def test_the_channel_stage_sums_partials_and_spend_and_skips_what_it_absorbed() 
     assert message["cac"] == 20.0 and message["clv"] == pytest.approx(400 / 3)
 
 
-class SentMessages:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def send(self, key: bytes, value: bytes) -> None:
-        self.sent.append((key, orjson.loads(value)))
-
-
-class LatestStore:
-    async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
-        """The read API's copy: not what these tests look at."""
-
-
 async def test_lifetime_figures_go_out_only_through_an_open_fence_and_for_channels_owned_now() -> None:
     """A worker paused past its session wakes with stale sums and channels gone to another worker: its stage one
     sends no snapshot, and its stage two publishes nothing, until its fence opens; then only what it owns."""
@@ -516,7 +503,7 @@ async def test_lifetime_figures_go_out_only_through_an_open_fence_and_for_channe
     w = SimpleNamespace(
         settings=Settings(), ltv_channels=FakeTable(), ltv_customers=FakeTable(), metrics=WorkerMetrics(registry, 10),
         partition_of={"google_ads": 0, "email": 1}.__getitem__, assigned=lambda topic: owned,
-        ltv_partials_topic=SentMessages(), metrics_ltv=SentMessages(), store=LatestStore(),
+        ltv_partials_topic=KeyedTopic(), metrics_ltv=KeyedTopic(), store=LatestStore(),
         customer_orders=SimpleNamespace(get_topic_name=lambda: "orders"), fence=FakeFence(is_open=False))
     w.ltv_partials_topic.get_topic_name = lambda: "attribution-ltv-partials"
     customers, channels = CustomerStage(w), ChannelStage(w)  # type: ignore[arg-type]

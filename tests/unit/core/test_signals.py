@@ -15,7 +15,7 @@ from streams.core.kpis import Figures, metrics_message, romi
 from streams.core.signals import KeyState, Settling, Span, Thresholds, decide, format_duration, judge, reason
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.signals import CAMPAIGN_PREFIX, CHANNEL_PREFIX, SignalStage
-from tests.fakes import FakeFence, FakeTable
+from tests.fakes import FakeFence, FakeTable, KeyedTopic
 
 H = 3_600_000
 W = 60_000
@@ -218,14 +218,6 @@ def test_state_round_trips_through_json_and_remembers_its_offset() -> None:
 # --- the stage: judged once per tick, gauges, replays -----------------------------------------------------
 
 
-class FakeTopic:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def send(self, key: bytes, value: bytes) -> None:
-        self.sent.append((key, orjson.loads(value)))
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -237,7 +229,7 @@ class Clock:
 def stage(settle: bool = False) -> SignalStage:
     """A stage on fake wiring; unless `settle`, a change is announced at its first judgement."""
     registry = CollectorRegistry()
-    w = SimpleNamespace(settings=Settings(), signal_keys=FakeTable(), signals=FakeTopic(),
+    w = SimpleNamespace(settings=Settings(), signal_keys=FakeTable(), signals=KeyedTopic(),
                         metrics=WorkerMetrics(registry, 10), registry=registry,
                         partition_of=lambda key: 0, assigned=lambda topic: {0})
     s = SignalStage(w, clock=Clock())  # type: ignore[arg-type]

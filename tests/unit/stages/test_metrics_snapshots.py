@@ -14,7 +14,7 @@ from streams.core.windows import ChannelWindow
 from streams.kafka.topics import json_arrays
 from streams.serving.prometheus import WorkerMetrics
 from streams.stages.metrics import MetricsStage, send_partial_snapshots
-from tests.fakes import FakeTable
+from tests.fakes import FakeTable, KeyedTopic, LatestStore
 
 W = 60_000
 T0 = 1_763_800_020_000 - 1_763_800_020_000 % W
@@ -90,19 +90,6 @@ async def test_partial_snapshots_carry_their_marks_and_a_source_of_their_own() -
     [(partition, value)] = w.partials_topic.sent
     assert partition == 1 and orjson.loads(value) == [
         {"p": "r3", "w": T0, "c": "email", "wm": T0 + 5, "m": [41, 7], "f": {"(none)": [1.0] + [0.0] * 10}}]
-
-
-class KeyedTopic:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def send(self, key: bytes, value: bytes) -> None:
-        self.sent.append((key, orjson.loads(value)))
-
-
-class LatestStore:
-    async def put_latest(self, namespace: str, items: dict[str, bytes]) -> None:
-        """The read API's copy: not what this test looks at."""
 
 
 def publishing_wiring(owned: set[int]) -> Any:
