@@ -118,7 +118,7 @@ class PathStage:
         stream_time = self.clock()
         assigned = self.w.assigned(self.journey_topic())
         event_times = {partition: self.event_time(partition, stream_time) for partition in assigned}
-        # no path of a journey older than this can end yet, on any partition: the heap is not read past it (a
+        # no path of a journey older than this can end yet, on any partition: the index is not read past it (a
         # stream time well ahead of the sources' watermark would otherwise pop and push back the same keys at
         # every check)
         cutoff = max(event_times.values(), default=NO_TS) - self.timeout_ms
