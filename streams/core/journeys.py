@@ -588,14 +588,13 @@ def times_and_channels_of(n_touches: int) -> struct.Struct:
     return struct.Struct(f"<{'q17xB2x' * n_touches}")
 
 
-def path_touches(row: bytes | list[Any]) -> tuple[bool, list[ChannelTouch] | list[Touchpoint]]:
-    """(has pending conversions, its touchpoints in order, each with its `ts` and `channel`): what the Markov
-    stage needs of a journey to end its null paths, read from a narrow row without decoding the rest of it (the
-    names, and a (ts, channel index) per touch record); other rows are decoded."""
+def path_touches(row: bytes | list[Any]) -> list[ChannelTouch] | list[Touchpoint]:
+    """The row's touchpoints in order, each with its `ts` and `channel`: what the Markov stage needs of a journey to
+    end its null paths, read from a narrow row without decoding the rest of it (the names, and a (ts, channel index)
+    per touch record); other rows are decoded. (Whether a conversion waits: `row_facts`.)"""
     if not isinstance(row, bytes) or row[:1] == b"[" or row[0] & WIDE:
-        journey = Journey.from_row(row)
-        return bool(journey.pending), journey.touchpoints()
-    first, _, _, n_names, n_touches, _ = NARROW_ROW.header.unpack_from(row)
+        return Journey.from_row(row).touchpoints()
+    _, _, _, n_names, n_touches, _ = NARROW_ROW.header.unpack_from(row)
     start = NARROW_ROW.header.size
     offset = start + n_names
     names = []
@@ -604,7 +603,7 @@ def path_touches(row: bytes | list[Any]) -> tuple[bool, list[ChannelTouch] | lis
         offset += length
     fields = times_and_channels_of(n_touches).unpack_from(row, offset)
     channels = map(names.__getitem__, fields[1::2])
-    return bool(first & HAS_PENDING), list(map(new_channel_touch, zip(fields[::2], channels, strict=True)))
+    return list(map(new_channel_touch, zip(fields[::2], channels, strict=True)))
 
 
 def journey_row_older(held: bytes | list[Any], row: bytes | list[Any]) -> bool:

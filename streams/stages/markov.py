@@ -135,7 +135,7 @@ class PathStage:
                 waiting.append((key, ts))
                 continue
             before = PathRow.from_row(self.table.row(key))
-            after = timed_out(before, path_touches(row)[1], event_times[partition], self.timeout_ms)
+            after = timed_out(before, path_touches(row), event_times[partition], self.timeout_ms)
             if after is not None:
                 self.put(partition, key, before, after)
         for key, ts in waiting:

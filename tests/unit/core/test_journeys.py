@@ -623,17 +623,18 @@ def test_path_touches_are_the_touchpoints_ts_and_channels_in_order_and_whether_a
                          wide_name)
     row = journey.to_row()
     assert bool(row[0] & WIDE) == wide_name
-    pending, touches = path_touches(row)
+    touches = path_touches(row)
     decoded = Journey.from_row(row)
-    assert pending == bool(decoded.pending)
+    assert row_facts(row)[2] == bool(decoded.pending)
     assert [(t.ts, t.channel) for t in touches] == [(t.ts, t.channel) for t in decoded.touchpoints()]
 
 
 def test_path_touches_of_a_row_of_the_earlier_json_form() -> None:
     earlier = [[[T0, "c", "google_ads", "brand", None, "c1"], [T0 + 5, "i", "meta_ads", "p", None, "i1"]],
                [[id_hash("e:c1"), seq_of(3, 1), T0]], [[seq_of(5, 0), list(order("o1"))]], T0 + 5]
-    pending, touches = path_touches(orjson.dumps(earlier))
-    assert pending and [(t.ts, t.channel) for t in touches] == [(T0, "google_ads"), (T0 + 5, "meta_ads")]
+    row = orjson.dumps(earlier)
+    touches = path_touches(row)
+    assert row_facts(row)[2] and [(t.ts, t.channel) for t in touches] == [(T0, "google_ads"), (T0 + 5, "meta_ads")]
 
 
 def test_a_row_made_before_the_last_events_of_its_key_is_older_and_an_equal_mark_is_not() -> None:
